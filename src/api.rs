@@ -1,0 +1,419 @@
+//! The `SidecarMigration` custom resource: what a user asks for (spec) and
+//! what the operator reports (status).
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const GROUP: &str = "sidecar-migrator.dev";
+/// The one field manager for every server-side apply this operator makes.
+pub const FIELD_MANAGER: &str = "sidecar-migrator";
+pub const FINALIZER: &str = "sidecar-migrator.dev/rollback";
+/// Marks objects the operator created, so it never claims one it did not make.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "sidecar-migrator";
+/// Names the SidecarMigration that owns an object (no ownerReference: a
+/// Succeeded migration's objects must outlive the CR).
+pub const MIGRATION_ANNOTATION: &str = "sidecar-migrator.dev/migration";
+/// Carried by gateway pods rendered for Gateway Discovery; the admin Service
+/// selects on it so the new controller never sees a sidecar pod.
+pub const DISCOVERY_LABEL: &str = "sidecar-migrator.dev/gateway-discovery";
+pub const CONTROLLER_SELECTOR_LABEL: &str = "sidecar-migrator.dev/controller";
+
+pub const DEFAULT_STEP_TIMEOUT_SECONDS: u32 = 600;
+
+const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+const DNS_1035_LABEL: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
+
+/// Migrates one Kong Ingress Controller sidecar installation to Gateway Discovery.
+///
+/// Every name refers to an object in the SidecarMigration's own namespace: the
+/// schema admits no namespace, so a user who may create one here can never make
+/// the operator touch another namespace.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sidecar-migrator.dev",
+    version = "v1alpha1",
+    kind = "SidecarMigration",
+    plural = "sidecarmigrations",
+    shortname = "scm",
+    namespaced,
+    status = "SidecarMigrationStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.step"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#
+)]
+#[x_kube(
+    validation = Rule::new("!(has(self.approved) && self.approved) || (has(self.approval) && self.approval == 'Manual')")
+        .message("approved: true needs approval: Manual"),
+    validation = Rule::new("self.proxyDeployment == oldSelf.proxyDeployment")
+        .message("proxyDeployment cannot change once set: create a new SidecarMigration"),
+    validation = Rule::new("(has(self.controller) && has(self.controller.name) ? self.controller.name : '') == (has(oldSelf.controller) && has(oldSelf.controller.name) ? oldSelf.controller.name : '')")
+        .message("controller.name cannot change once set: create a new SidecarMigration"),
+    validation = Rule::new("(has(self.adminService) && has(self.adminService.name) ? self.adminService.name : '') == (has(oldSelf.adminService) && has(oldSelf.adminService.name) ? oldSelf.adminService.name : '')")
+        .message("adminService.name cannot change once set: create a new SidecarMigration"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarMigrationSpec {
+    /// The Deployment that runs the `proxy` and `ingress-controller` containers.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub proxy_deployment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<Containers>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_service: Option<AdminService>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerSpec>,
+    /// ZeroDowntime keeps a Ready, configured proxy at every instant;
+    /// DeleteLegacyPods follows Kong's documented order and admits downtime.
+    #[serde(default)]
+    pub cutover: Cutover,
+    /// With Manual, the migration stops before the first legacy pod is removed
+    /// until `approved: true` is set.
+    #[serde(default)]
+    pub approval: Approval,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approved: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// Fill in status.plan and change nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// Restore the sidecar installation recorded in status.original.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
+    /// How long one step may run before onTimeout applies (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub step_timeout_seconds: Option<u32>,
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Containers {
+    /// Kong Gateway's container (default `proxy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
+    pub proxy: Option<String>,
+    /// The sidecar controller's container (default `ingress-controller`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
+    pub controller: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminService {
+    /// The headless Admin API Service the new controller discovers gateways
+    /// through (default `<proxyDeployment>-admin`, which the kong chart also renders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_1035_LABEL))]
+    pub name: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerSpec {
+    /// The new controller Deployment (default `<proxyDeployment>-controller`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<i32>,
+    /// Default: the sidecar's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+    /// Default: the sidecar's resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum Cutover {
+    #[default]
+    ZeroDowntime,
+    DeleteLegacyPods,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum Approval {
+    #[default]
+    Automatic,
+    Manual,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum OnTimeout {
+    #[default]
+    RollBack,
+    Pause,
+}
+
+impl SidecarMigrationSpec {
+    pub fn proxy_container(&self) -> &str {
+        self.containers
+            .as_ref()
+            .and_then(|c| c.proxy.as_deref())
+            .unwrap_or("proxy")
+    }
+    pub fn controller_container(&self) -> &str {
+        self.containers
+            .as_ref()
+            .and_then(|c| c.controller.as_deref())
+            .unwrap_or("ingress-controller")
+    }
+    pub fn admin_service_name(&self) -> String {
+        self.admin_service
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .unwrap_or_else(|| format!("{}-admin", self.proxy_deployment))
+    }
+    pub fn controller_name(&self) -> String {
+        self.controller
+            .as_ref()
+            .and_then(|c| c.name.clone())
+            .unwrap_or_else(|| format!("{}-controller", self.proxy_deployment))
+    }
+    pub fn step_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(
+            self.step_timeout_seconds
+                .unwrap_or(DEFAULT_STEP_TIMEOUT_SECONDS),
+        ))
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Validating,
+    DisablingSidecar,
+    DeployingController,
+    WaitingForAdminService,
+    AwaitingApproval,
+    DeletingLegacyPods,
+    Succeeded,
+    Paused,
+    RollingBack,
+    RolledBack,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Validating => "Validating",
+            Phase::DisablingSidecar => "DisablingSidecar",
+            Phase::DeployingController => "DeployingController",
+            Phase::WaitingForAdminService => "WaitingForAdminService",
+            Phase::AwaitingApproval => "AwaitingApproval",
+            Phase::DeletingLegacyPods => "DeletingLegacyPods",
+            Phase::Succeeded => "Succeeded",
+            Phase::Paused => "Paused",
+            Phase::RollingBack => "RollingBack",
+            Phase::RolledBack => "RolledBack",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum StepState {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    /// The phase this step runs in.
+    pub name: Phase,
+    pub state: StepState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What rollback restores, written before the first change. Holds only what
+/// the Deployment spec already held: a secretKeyRef stays a reference.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Original {
+    /// The sidecar container exactly as it was (a core/v1 Container).
+    #[schemars(schema_with = "preserve_unknown")]
+    pub sidecar: Value,
+    /// Its index among the pod's containers, so rollback restores the order.
+    pub sidecar_index: u32,
+    /// The proxy container's env and ports as they were (core/v1 EnvVar and
+    /// ContainerPort lists): the migration rewrites KONG_ADMIN_LISTEN, drops
+    /// KONG_KIC and adds the Admin API port.
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub proxy_env: Value,
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub proxy_ports: Value,
+    /// The Deployment's rollout settings (apps/v1 DeploymentStrategy) and
+    /// minReadySeconds, held during the migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub strategy: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+    /// Set when an existing admin Service was adopted: its selector and ports
+    /// as they were (rollback restores them instead of deleting the Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_admin_service: Option<AdoptedService>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptedService {
+    #[serde(default)]
+    pub selector: std::collections::BTreeMap<String, String>,
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub ports: Value,
+}
+
+/// One change a step makes, listed in status.plan (also in dry run).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedChange {
+    pub step: Phase,
+    /// `Kind/name` of the object changed.
+    pub object: String,
+    pub change: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarMigrationStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    /// `current/total` steps, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Original>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<PlannedChange>,
+    /// Pods that still run the sidecar.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legacy_pods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_deployment: Option<String>,
+    /// The KIC version read from the sidecar image, when the tag tells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_version: Option<String>,
+    /// Kong's KONG_DATABASE: `off` (DB-less) or the database in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl SidecarMigration {
+    pub fn status_or_default(&self) -> SidecarMigrationStatus {
+        self.status.clone().unwrap_or_default()
+    }
+}
+
+fn preserve_unknown(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
+}
+
+fn preserve_unknown_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+    })
+}
+
+/// metav1.Condition's schema as Kubernetes publishes it, with the list keyed
+/// by type so server-side apply merges conditions one by one.
+fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["lastTransitionTime", "message", "reason", "status", "type"],
+            "properties": {
+                "lastTransitionTime": { "type": "string", "format": "date-time" },
+                "message": { "type": "string", "maxLength": 32768 },
+                "observedGeneration": { "type": "integer", "format": "int64", "minimum": 0 },
+                "reason": { "type": "string", "maxLength": 1024, "minLength": 1 },
+                "status": { "type": "string", "enum": ["True", "False", "Unknown"] },
+                "type": { "type": "string", "maxLength": 316 }
+            }
+        }
+    })
+}
+
+/// The CRD as `crds/sidecarmigrations.yaml` holds it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&SidecarMigration::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_file_is_current() {
+        let committed = include_str!("../crds/sidecarmigrations.yaml");
+        let generated = crd_yaml().expect("CRD serializes");
+        assert!(
+            committed == generated,
+            "crds/sidecarmigrations.yaml is stale: run `cargo run -- crd > crds/sidecarmigrations.yaml`"
+        );
+    }
+
+    #[test]
+    fn defaults_name_the_chart_objects() {
+        let spec: SidecarMigrationSpec =
+            serde_json::from_value(serde_json::json!({ "proxyDeployment": "kong-kong" }))
+                .expect("minimal spec");
+        assert_eq!(spec.proxy_container(), "proxy");
+        assert_eq!(spec.controller_container(), "ingress-controller");
+        assert_eq!(spec.admin_service_name(), "kong-kong-admin");
+        assert_eq!(spec.controller_name(), "kong-kong-controller");
+        assert_eq!(spec.cutover, Cutover::ZeroDowntime);
+        assert_eq!(spec.approval, Approval::Automatic);
+        assert_eq!(spec.on_timeout, OnTimeout::RollBack);
+        assert_eq!(spec.step_timeout().as_secs(), 600);
+    }
+}

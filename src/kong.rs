@@ -1,0 +1,207 @@
+//! Facts about Kong Gateway and the Kong Ingress Controller (KIC) that the
+//! migration depends on, taken from Kong's chart and KIC's source.
+
+use std::fmt;
+
+pub const ENV_ADMIN_LISTEN: &str = "KONG_ADMIN_LISTEN";
+/// Set only in the sidecar rendering.
+pub const ENV_KONG_KIC: &str = "KONG_KIC";
+pub const ENV_DATABASE: &str = "KONG_DATABASE";
+/// The sidecar controller dials the Admin API on localhost through this.
+pub const ENV_CONTROLLER_ADMIN_URL: &str = "CONTROLLER_KONG_ADMIN_URL";
+/// `namespace/name` of the Service whose EndpointSlices list the gateways.
+pub const ENV_CONTROLLER_ADMIN_SVC: &str = "CONTROLLER_KONG_ADMIN_SVC";
+pub const ENV_CONTROLLER_ADMIN_TOKEN: &str = "CONTROLLER_KONG_ADMIN_TOKEN";
+
+pub const ADMIN_PORT: i32 = 8444;
+/// The container port name the chart gives the Admin API in gateway mode.
+pub const ADMIN_CONTAINER_PORT_NAME: &str = "admin-tls";
+/// A port name KIC 3.x keeps by default (`--kong-admin-svc-port-names`).
+pub const ADMIN_SERVICE_PORT_NAME: &str = "kong-admin-tls";
+
+/// Gateway Discovery needs KIC 2.9; split deployments (not-ready endpoints,
+/// `/status/ready`) need 2.11.
+pub const MIN_KIC_VERSION: Version = Version {
+    major: 2,
+    minor: 11,
+    patch: 0,
+};
+
+/// The chart's sidecar rendering of KONG_ADMIN_LISTEN, for tests and docs.
+pub const SIDECAR_ADMIN_LISTEN: &str = "127.0.0.1:8444 http2 ssl, [::1]:8444 http2 ssl";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// The KIC version an image reference's tag names, when it names one
+/// (`kong/kubernetes-ingress-controller:3.4.1`, `...:v2.12`, `...:3.4-ubi`).
+/// A digest-only reference or a tag like `latest` tells nothing.
+pub fn image_version(image: &str) -> Option<Version> {
+    let without_digest = image.split('@').next()?;
+    // A registry port (`host:5000/repo`) has a `/` after its colon; a tag has none.
+    let (_, tag) = without_digest.rsplit_once(':')?;
+    if tag.contains('/') {
+        return None;
+    }
+    let tag = tag.strip_prefix('v').unwrap_or(tag);
+    let numeric = tag.split(['-', '+']).next()?;
+    let mut parts = numeric.split('.').map(|p| p.parse::<u32>().ok());
+    let major = parts.next()??;
+    let minor = parts.next().unwrap_or(Some(0))?;
+    let patch = parts.next().unwrap_or(Some(0))?;
+    Some(Version {
+        major,
+        minor,
+        patch,
+    })
+}
+
+/// KONG_ADMIN_LISTEN rewritten to listen on all interfaces, as the chart
+/// renders it for Gateway Discovery. Flags (`http2 ssl`, ...) are kept.
+pub fn admin_listen_all_interfaces(listen: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for entry in listen.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (addr, flags) = entry.split_once(' ').unwrap_or((entry, ""));
+        let addr = match split_host_port(addr) {
+            Some((host, port)) if is_loopback(host) => {
+                let any = if host.starts_with('[') {
+                    "[::]"
+                } else {
+                    "0.0.0.0"
+                };
+                format!("{any}:{port}")
+            }
+            _ => addr.to_string(),
+        };
+        let rewritten = if flags.is_empty() {
+            addr
+        } else {
+            format!("{addr} {}", flags.trim())
+        };
+        if !out.contains(&rewritten) {
+            out.push(rewritten);
+        }
+    }
+    out.join(", ")
+}
+
+/// True when no entry of KONG_ADMIN_LISTEN is reachable from another pod,
+/// which is what makes a sidecar pod poison for a discovering controller.
+pub fn admin_listen_is_local_only(listen: &str) -> bool {
+    listen
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && *e != "off")
+        .all(|entry| {
+            let addr = entry.split(' ').next().unwrap_or(entry);
+            split_host_port(addr).is_some_and(|(host, _)| is_loopback(host))
+        })
+}
+
+fn split_host_port(addr: &str) -> Option<(&str, &str)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    if host.starts_with('[') && !host.ends_with(']') {
+        return None;
+    }
+    Some((host, port))
+}
+
+fn is_loopback(host: &str) -> bool {
+    matches!(host, "localhost" | "[::1]") || host.starts_with("127.")
+}
+
+/// Kong runs DB-less unless KONG_DATABASE names a database.
+pub fn database_mode(kong_database: Option<&str>) -> String {
+    match kong_database.map(str::trim) {
+        None | Some("") | Some("off") => "off".to_string(),
+        Some(db) => db.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_versions() {
+        let v = |major, minor, patch| {
+            Some(Version {
+                major,
+                minor,
+                patch,
+            })
+        };
+        let cases = [
+            ("kong/kubernetes-ingress-controller:3.4.1", v(3, 4, 1)),
+            ("kong/kubernetes-ingress-controller:3.4", v(3, 4, 0)),
+            ("kong/kubernetes-ingress-controller:v2.12.3", v(2, 12, 3)),
+            ("kong/kubernetes-ingress-controller:2.10-ubi", v(2, 10, 0)),
+            ("registry.local:5000/kic:3.1.0", v(3, 1, 0)),
+            ("registry.local:5000/kic", None),
+            ("kong/kubernetes-ingress-controller", None),
+            ("kong/kubernetes-ingress-controller:latest", None),
+            ("kong/kubernetes-ingress-controller@sha256:abcd", None),
+            ("kic:3.4.1@sha256:abcd", v(3, 4, 1)),
+        ];
+        for (image, want) in cases {
+            assert_eq!(image_version(image), want, "{image}");
+        }
+    }
+
+    #[test]
+    fn version_floor() {
+        assert!(image_version("kic:2.10.4").unwrap() < MIN_KIC_VERSION);
+        assert!(image_version("kic:2.11").unwrap() >= MIN_KIC_VERSION);
+    }
+
+    #[test]
+    fn admin_listen_rewrites() {
+        let cases = [
+            (
+                SIDECAR_ADMIN_LISTEN,
+                "0.0.0.0:8444 http2 ssl, [::]:8444 http2 ssl",
+            ),
+            ("127.0.0.1:8444 ssl", "0.0.0.0:8444 ssl"),
+            (
+                "localhost:8001, 127.0.0.1:8444 http2 ssl",
+                "0.0.0.0:8001, 0.0.0.0:8444 http2 ssl",
+            ),
+            ("0.0.0.0:8444 http2 ssl", "0.0.0.0:8444 http2 ssl"),
+            ("10.0.0.5:8444 ssl", "10.0.0.5:8444 ssl"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(admin_listen_all_interfaces(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn admin_listen_reachability() {
+        let cases = [
+            (SIDECAR_ADMIN_LISTEN, true),
+            ("127.0.0.1:8444", true),
+            ("0.0.0.0:8444 http2 ssl, [::]:8444 http2 ssl", false),
+            ("127.0.0.1:8001, 0.0.0.0:8444 ssl", false),
+            ("[::]:8444 ssl", false),
+        ];
+        for (input, want) in cases {
+            assert_eq!(admin_listen_is_local_only(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn database_modes() {
+        assert_eq!(database_mode(None), "off");
+        assert_eq!(database_mode(Some("off")), "off");
+        assert_eq!(database_mode(Some("postgres")), "postgres");
+    }
+}

@@ -1,0 +1,9 @@
+//! sidecar-migrator: moves a Kong Ingress Controller installation from the
+//! sidecar topology to Gateway Discovery, driven by one `SidecarMigration`.
+
+pub mod api;
+pub mod kong;
+pub mod plan;
+pub mod reconcile;
+#[cfg(feature = "testenv")]
+pub mod testenv;

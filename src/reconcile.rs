@@ -1,0 +1,423 @@
+//! The executor: reads what `plan` needs, writes the status it decides (before
+//! any action that depends on it), publishes its events and carries out its
+//! actions. Every decision lives in `plan.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{
+    Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy,
+};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::api::*;
+use crate::plan::{self, Action, Observed, Plan};
+
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("SidecarMigration has no namespace")]
+    NoNamespace,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(client: Client, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: MANAGED_BY.into(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+        }
+    }
+}
+
+/// Runs the controller until the process is told to stop.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let migrations = Api::<SidecarMigration>::all(client.clone());
+    let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let controller = Controller::new(migrations, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let by_deployment = {
+        let store = store.clone();
+        move |d: Deployment| {
+            let name = d.name_any();
+            in_namespace(&store, d.namespace(), move |m| {
+                m.spec.proxy_deployment == name || m.spec.controller_name() == name
+            })
+        }
+    };
+    let by_pod = {
+        let store = store.clone();
+        move |p: Pod| in_namespace(&store, p.namespace(), |_| true)
+    };
+    let by_service = {
+        let store = store.clone();
+        move |s: Service| {
+            let name = s.name_any();
+            in_namespace(&store, s.namespace(), move |m| {
+                m.spec.admin_service_name() == name
+            })
+        }
+    };
+    let by_slice = {
+        let store = store.clone();
+        move |s: EndpointSlice| {
+            let service = s
+                .labels()
+                .get("kubernetes.io/service-name")
+                .cloned()
+                .unwrap_or_default();
+            in_namespace(&store, s.namespace(), move |m| {
+                m.spec.admin_service_name() == service
+            })
+        }
+    };
+    controller
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+            by_deployment,
+        )
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            by_pod,
+        )
+        .watches(
+            Api::<Service>::all(client.clone()),
+            ours.clone(),
+            by_service,
+        )
+        .watches(Api::<EndpointSlice>::all(client.clone()), ours, by_slice)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn in_namespace(
+    store: &Store<SidecarMigration>,
+    ns: Option<String>,
+    keep: impl Fn(&SidecarMigration) -> bool,
+) -> Vec<ObjectRef<SidecarMigration>> {
+    store
+        .state()
+        .iter()
+        .filter(|m| m.namespace() == ns && keep(m))
+        .map(|m| ObjectRef::from_obj(m.as_ref()))
+        .collect()
+}
+
+fn error_policy(_: Arc<SidecarMigration>, error: &Error, _: Arc<Context>) -> Requeue {
+    warn!(%error, "will retry");
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+#[tracing::instrument(skip_all, fields(migration = %format!("{}/{}", scm.namespace().unwrap_or_default(), scm.name_any())))]
+pub async fn reconcile(scm: Arc<SidecarMigration>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let ns = scm.namespace().ok_or(Error::NoNamespace)?;
+    let migrations: Api<SidecarMigration> = Api::namespaced(ctx.client.clone(), &ns);
+    if scm.metadata.deletion_timestamp.is_none() && !scm.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        // The finalizer makes deleting an unfinished migration roll it back.
+        let mut finalizers = scm.finalizers().to_vec();
+        finalizers.push(FINALIZER.into());
+        set_finalizers(&migrations, &scm, finalizers).await?;
+        return Ok(Requeue::await_change());
+    }
+    let observed = observe(&scm, &ctx.client, &ns).await?;
+    let plan = plan::plan(&scm, &observed, Timestamp::now());
+    execute(&scm, &ctx, &ns, plan).await
+}
+
+async fn observe(scm: &SidecarMigration, client: &Client, ns: &str) -> Result<Observed, Error> {
+    let spec = &scm.spec;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let proxy = deployments.get_opt(&spec.proxy_deployment).await?;
+    let mut obs = Observed {
+        proxy: proxy.clone(),
+        ..Default::default()
+    };
+    if let Some(proxy) = &proxy {
+        let selector = plan::selector_labels(proxy)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        if !selector.is_empty() {
+            let lp = ListParams::default().labels(&selector);
+            obs.pods = Api::<Pod>::namespaced(client.clone(), ns)
+                .list(&lp)
+                .await?
+                .items;
+            let uid = proxy.uid();
+            obs.replica_sets = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+                .list(&lp)
+                .await?
+                .items
+                .into_iter()
+                .filter(|rs| {
+                    rs.owner_references()
+                        .iter()
+                        .any(|o| Some(&o.uid) == uid.as_ref())
+                })
+                .collect();
+        }
+    }
+    let admin = spec.admin_service_name();
+    obs.admin_service = Api::<Service>::namespaced(client.clone(), ns)
+        .get_opt(&admin)
+        .await?;
+    obs.admin_slices = Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={admin}")))
+        .await?
+        .items;
+    obs.controller = deployments.get_opt(&spec.controller_name()).await?;
+    obs.controller_role = Api::<Role>::namespaced(client.clone(), ns)
+        .get_opt(&rbac_name(spec))
+        .await?
+        .filter(|r| plan::is_ours(&r.metadata, scm));
+    obs.others = Api::<SidecarMigration>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|o| o.name_any() != scm.name_any())
+        .collect();
+    Ok(obs)
+}
+
+fn rbac_name(spec: &SidecarMigrationSpec) -> String {
+    format!("{}-endpointslices", spec.controller_name())
+}
+
+async fn execute(
+    scm: &SidecarMigration,
+    ctx: &Context,
+    ns: &str,
+    plan: Plan,
+) -> Result<Requeue, Error> {
+    let client = &ctx.client;
+    let name = scm.name_any();
+    if scm.status.as_ref() != Some(&plan.status) {
+        let patch = json!({
+            "apiVersion": SidecarMigration::api_version(&()),
+            "kind": SidecarMigration::kind(&()),
+            "status": plan.status,
+        });
+        Api::<SidecarMigration>::namespaced(client.clone(), ns)
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+    }
+    let reference = scm.object_ref(&());
+    for ev in &plan.events {
+        info!(reason = %ev.reason, "{}", ev.note);
+        let event = KubeEvent {
+            type_: if ev.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: ev.reason.clone(),
+            note: Some(ev.note.clone()),
+            action: plan.status.phase.as_str().into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for action in plan.actions {
+        let result = match &action {
+            Action::ReplaceProxy(d) => {
+                let pp = PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                deployments.replace(&d.name_any(), &pp, d).await.map(drop)
+            }
+            Action::ApplyAdminService(s) => services
+                .patch(&s.name_any(), &apply, &Patch::Apply(s.as_ref()))
+                .await
+                .map(drop),
+            Action::ApplyController(objs) => {
+                roles
+                    .patch(&objs.role.name_any(), &apply, &Patch::Apply(&objs.role))
+                    .await?;
+                bindings
+                    .patch(
+                        &objs.role_binding.name_any(),
+                        &apply,
+                        &Patch::Apply(&objs.role_binding),
+                    )
+                    .await?;
+                deployments
+                    .patch(
+                        &objs.deployment.name_any(),
+                        &apply,
+                        &Patch::Apply(&objs.deployment),
+                    )
+                    .await
+                    .map(drop)
+            }
+            Action::DeleteController => {
+                let rbac = rbac_name(&scm.spec);
+                ignore_missing(
+                    deployments
+                        .delete(&scm.spec.controller_name(), &DeleteParams::foreground())
+                        .await
+                        .map(drop),
+                )?;
+                ignore_missing(
+                    bindings
+                        .delete(&rbac, &DeleteParams::default())
+                        .await
+                        .map(drop),
+                )?;
+                roles
+                    .delete(&rbac, &DeleteParams::default())
+                    .await
+                    .map(drop)
+            }
+            Action::DeleteAdminService => services
+                .delete(&scm.spec.admin_service_name(), &DeleteParams::default())
+                .await
+                .map(drop),
+            Action::OrphanReplicaSet(rs) => {
+                let dp = DeleteParams {
+                    propagation_policy: Some(PropagationPolicy::Orphan),
+                    ..Default::default()
+                };
+                Api::<ReplicaSet>::namespaced(client.clone(), ns)
+                    .delete(rs, &dp)
+                    .await
+                    .map(drop)
+            }
+            Action::EvictPod(pod) => match pods.evict(pod, &EvictParams::default()).await {
+                Ok(_) => {
+                    publish(
+                        ctx,
+                        &reference,
+                        false,
+                        "LegacyPodEvicted",
+                        format!("evicted legacy pod {pod}"),
+                    )
+                    .await;
+                    Ok(())
+                }
+                Err(kube::Error::Api(e)) if e.code == 429 => {
+                    let note = format!(
+                        "eviction of legacy pod {pod} refused: a PodDisruptionBudget allows no disruption now ({}); retrying",
+                        e.message
+                    );
+                    publish(ctx, &reference, true, "EvictionBlocked", note).await;
+                    return Ok(Requeue::requeue(Duration::from_secs(5)));
+                }
+                Err(e) => Err(e),
+            },
+            Action::RemoveFinalizer => {
+                let finalizers = scm
+                    .finalizers()
+                    .iter()
+                    .filter(|f| *f != FINALIZER)
+                    .cloned()
+                    .collect();
+                set_finalizers(&Api::namespaced(client.clone(), ns), scm, finalizers).await
+            }
+        };
+        match ignore_missing(result) {
+            Ok(()) => {}
+            // Someone changed the object since it was read: read it again.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                return Ok(Requeue::requeue(Duration::from_millis(500)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(plan
+        .requeue_after
+        .map(Requeue::requeue)
+        .unwrap_or_else(Requeue::await_change))
+}
+
+/// A merge patch carrying the resourceVersion it was computed from, so it
+/// fails rather than drop a finalizer someone else added meanwhile.
+async fn set_finalizers(
+    api: &Api<SidecarMigration>,
+    scm: &SidecarMigration,
+    finalizers: Vec<String>,
+) -> Result<(), kube::Error> {
+    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": scm.resource_version() } });
+    api.patch(
+        &scm.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
+}
+
+fn ignore_missing(r: Result<(), kube::Error>) -> Result<(), kube::Error> {
+    match r {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other,
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    let event = KubeEvent {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: "DeletingLegacyPods".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        warn!(error = %e, "could not publish event");
+    }
+}
