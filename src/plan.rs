@@ -901,19 +901,14 @@ impl<'a> Planner<'a> {
         let mut restored = None;
         if let Some(proxy) = &self.obs.proxy {
             let template = restore_template(proxy, spec, original);
-            let held = with_rollout(
-                template.clone(),
-                Rollout::Held {
-                    approval_hold: false,
-                },
-                original,
-            );
-            let new_pods_left = self
-                .obs
-                .pods
-                .iter()
-                .any(|p| !has_container(p, spec.controller_container()));
-            if (new_pods_left || !rollout_complete(proxy)) && held != *proxy {
+            if template != *proxy {
+                let held = with_rollout(
+                    template,
+                    Rollout::Held {
+                        approval_hold: false,
+                    },
+                    original,
+                );
                 return Outcome::Act(
                     vec![Action::ReplaceProxy(Box::new(held))],
                     format!(
@@ -923,6 +918,11 @@ impl<'a> Planner<'a> {
                     ),
                 );
             }
+            let new_pods_left = self
+                .obs
+                .pods
+                .iter()
+                .any(|p| !has_container(p, spec.controller_container()));
             if new_pods_left || !rollout_complete(proxy) {
                 return Outcome::Wait(format!(
                     "waiting for the sidecar pods to roll out: Deployment {}: {}",
@@ -973,16 +973,16 @@ impl<'a> Planner<'a> {
 
     // ---- bookkeeping -------------------------------------------------------
 
+    /// Moves to `to`, with an event unless the stored status was there already.
     fn transition(&mut self, to: Phase, warning: bool, reason: &str, note: String) {
-        if self.status.phase == to && self.scm.status.as_ref().map(|s| s.phase) == Some(to) {
-            return;
-        }
         self.status.phase = to;
-        self.events.push(Event {
-            warning,
-            reason: reason.into(),
-            note,
-        });
+        if self.scm.status.as_ref().map(|s| s.phase) != Some(to) {
+            self.events.push(Event {
+                warning,
+                reason: reason.into(),
+                note,
+            });
+        }
     }
 
     fn health_for_phase(&self) -> Health {
@@ -1908,3 +1908,6 @@ fn planned_changes(
     ));
     out
 }
+
+#[cfg(test)]
+mod tests;
