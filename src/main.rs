@@ -19,7 +19,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator against the cluster of the current kubeconfig or service account (the default).
-    Run,
+    Run {
+        /// Watch only this namespace (repeatable); every namespace when absent.
+        #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+        namespaces: Vec<String>,
+    },
     /// Print the SidecarMigration CustomResourceDefinition as YAML.
     Crd,
 }
@@ -28,12 +32,22 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run {
+        namespaces: Vec::new(),
+    }) {
         Command::Crd => print!("{}", api::crd_yaml()?),
-        Command::Run => {
+        Command::Run { namespaces } => {
             let client = kube::Client::try_default().await?;
             let instance = std::env::var("POD_NAME").ok();
-            reconcile::run(Arc::new(reconcile::Context::new(client, instance))).await;
+            let ctx = Arc::new(reconcile::Context::new(client, instance));
+            if namespaces.is_empty() {
+                reconcile::run(ctx, None).await;
+            } else {
+                let controllers = namespaces
+                    .into_iter()
+                    .map(|ns| reconcile::run(ctx.clone(), Some(ns)));
+                futures::future::join_all(controllers).await;
+            }
         }
     }
     Ok(())

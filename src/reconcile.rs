@@ -51,10 +51,11 @@ impl Context {
     }
 }
 
-/// Runs the controller until the process is told to stop.
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the controller until the process is told to stop, over every
+/// namespace or, with `namespace`, over that one alone.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();
-    let migrations = Api::<SidecarMigration>::all(client.clone());
+    let migrations: Api<SidecarMigration> = scoped(&client, &namespace);
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let controller = Controller::new(migrations, watcher::Config::default().any_semantic());
     let store = controller.store();
@@ -95,21 +96,21 @@ pub async fn run(ctx: Arc<Context>) {
     };
     controller
         .watches(
-            Api::<Deployment>::all(client.clone()),
+            scoped::<Deployment>(&client, &namespace),
             watcher::Config::default(),
             by_deployment,
         )
         .watches(
-            Api::<Pod>::all(client.clone()),
+            scoped::<Pod>(&client, &namespace),
             watcher::Config::default(),
             by_pod,
         )
         .watches(
-            Api::<Service>::all(client.clone()),
+            scoped::<Service>(&client, &namespace),
             ours.clone(),
             by_service,
         )
-        .watches(Api::<EndpointSlice>::all(client.clone()), ours, by_slice)
+        .watches(scoped::<EndpointSlice>(&client, &namespace), ours, by_slice)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -118,6 +119,16 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 fn in_namespace(
