@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod kong;
+pub mod metrics;
+pub mod operator;
 pub mod plan;
 pub mod reconcile;
 #[cfg(feature = "testenv")]

@@ -1,7 +1,5 @@
-use std::sync::Arc;
-
 use clap::{Parser, Subcommand};
-use sidecar_migrator::{api, reconcile};
+use sidecar_migrator::{api, operator};
 
 #[derive(Parser)]
 #[command(
@@ -10,7 +8,7 @@ use sidecar_migrator::{api, reconcile};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Command,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "LOG_JSON")]
     log_json: bool,
@@ -18,36 +16,57 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the operator against the cluster of the current kubeconfig or service account (the default).
-    Run {
-        /// Watch only this namespace (repeatable); every namespace when absent.
-        #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
-        namespaces: Vec<String>,
-    },
+    /// Run the operator against the cluster of the current kubeconfig or service account.
+    Run(RunArgs),
     /// Print the SidecarMigration CustomResourceDefinition as YAML.
     Crd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (repeatable); every namespace when absent.
+    #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Hold this Lease (`namespace/name`) while acting, so that of several
+    /// replicas only one ever writes.
+    #[arg(long, env = "LEADER_ELECTION_LEASE")]
+    leader_election_lease: Option<String>,
+    /// This replica's name in the Lease and in Events (default: host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_addr: std::net::SocketAddr,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    match cli.command.unwrap_or(Command::Run {
-        namespaces: Vec::new(),
-    }) {
+    match cli.command {
         Command::Crd => print!("{}", api::crd_yaml()?),
-        Command::Run { namespaces } => {
-            let client = kube::Client::try_default().await?;
-            let instance = std::env::var("POD_NAME").ok();
-            let ctx = Arc::new(reconcile::Context::new(client, instance));
-            if namespaces.is_empty() {
-                reconcile::run(ctx, None).await;
-            } else {
-                let controllers = namespaces
-                    .into_iter()
-                    .map(|ns| reconcile::run(ctx.clone(), Some(ns)));
-                futures::future::join_all(controllers).await;
-            }
+        Command::Run(args) => {
+            let lease = match args.leader_election_lease {
+                Some(l) => {
+                    let (ns, name) = l.split_once('/').ok_or_else(|| {
+                        anyhow::anyhow!("--leader-election-lease takes namespace/name, got {l:?}")
+                    })?;
+                    Some((ns.to_string(), name.to_string()))
+                }
+                None => None,
+            };
+            let identity = args.identity.unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| format!("sidecar-migrator-{}", std::process::id()))
+            });
+            let opts = operator::Options {
+                namespaces: args.namespaces,
+                lease,
+                identity,
+                http: args.http_addr,
+            };
+            operator::run(kube::Client::try_default().await?, opts).await?;
         }
     }
     Ok(())

@@ -23,6 +23,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::api::*;
+use crate::metrics::Metrics;
 use crate::plan::{self, Action, Observed, Plan};
 
 #[derive(thiserror::Error, Debug)]
@@ -36,10 +37,11 @@ pub enum Error {
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
-    pub fn new(client: Client, instance: Option<String>) -> Self {
+    pub fn new(client: Client, instance: Option<String>, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: MANAGED_BY.into(),
             instance,
@@ -47,18 +49,44 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            metrics,
+        }
+    }
+}
+
+impl Error {
+    /// A short CamelCase label for metrics.
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(e)) if !e.reason.is_empty() => e.reason.clone(),
+            Error::Kube(kube::Error::Api(e)) => format!("Http{}", e.code),
+            Error::Kube(_) => "Transport".into(),
+            Error::NoNamespace => "NoNamespace".into(),
         }
     }
 }
 
 /// Runs the controller until the process is told to stop, over every
 /// namespace or, with `namespace`, over that one alone.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+/// `synced` is called once every watch has listed its objects.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    synced: impl FnOnce() + Send + 'static,
+) {
     let client = ctx.client.clone();
     let migrations: Api<SidecarMigration> = scoped(&client, &namespace);
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let controller = Controller::new(migrations, watcher::Config::default().any_semantic());
     let store = controller.store();
+    {
+        let store = store.clone();
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                synced();
+            }
+        });
+    }
     let by_deployment = {
         let store = store.clone();
         move |d: Deployment| {
@@ -144,14 +172,16 @@ fn in_namespace(
         .collect()
 }
 
-fn error_policy(_: Arc<SidecarMigration>, error: &Error, _: Arc<Context>) -> Requeue {
+fn error_policy(_: Arc<SidecarMigration>, error: &Error, ctx: Arc<Context>) -> Requeue {
     warn!(%error, "will retry");
+    ctx.metrics.failed(&error.reason());
     Requeue::requeue(Duration::from_secs(5))
 }
 
 #[tracing::instrument(skip_all, fields(migration = %format!("{}/{}", scm.namespace().unwrap_or_default(), scm.name_any())))]
 pub async fn reconcile(scm: Arc<SidecarMigration>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let ns = scm.namespace().ok_or(Error::NoNamespace)?;
+    ctx.metrics.reconciled();
     let migrations: Api<SidecarMigration> = Api::namespaced(ctx.client.clone(), &ns);
     if scm.metadata.deletion_timestamp.is_none() && !scm.finalizers().iter().any(|f| f == FINALIZER)
     {
@@ -248,6 +278,9 @@ async fn execute(
                 &Patch::Apply(&patch),
             )
             .await?;
+        let key = format!("{ns}/{name}");
+        ctx.metrics
+            .status_written(&key, scm.status.as_ref(), &plan.status);
     }
     let reference = scm.object_ref(&());
     for ev in &plan.events {
@@ -341,6 +374,7 @@ async fn execute(
             }
             Action::EvictPod(pod) => match pods.evict(pod, &EvictParams::default()).await {
                 Ok(_) => {
+                    ctx.metrics.evicted();
                     publish(
                         ctx,
                         &reference,
