@@ -34,6 +34,9 @@ struct RunArgs {
     /// This replica's name in the Lease and in Events (default: host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Start at most this many migrations at once; the rest wait in Pending.
+    #[arg(long, env = "MAX_CONCURRENT_MIGRATIONS")]
+    max_concurrent_migrations: Option<usize>,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_addr: std::net::SocketAddr,
@@ -65,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
                 lease,
                 identity,
                 http: args.http_addr,
+                max_concurrent_migrations: args.max_concurrent_migrations,
             };
             operator::run(kube::Client::try_default().await?, opts).await?;
         }

@@ -24,6 +24,8 @@ pub struct Options {
     pub lease: Option<(String, String)>,
     pub identity: String,
     pub http: SocketAddr,
+    /// Migrations allowed to be in flight at once; no limit when `None`.
+    pub max_concurrent_migrations: Option<usize>,
 }
 
 /// What the probes report.
@@ -43,6 +45,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         client.clone(),
         Some(opts.identity.clone()),
         metrics,
+        reconcile::Slots::new(opts.max_concurrent_migrations),
     ));
 
     let Some((lease_ns, lease_name)) = opts.lease.clone() else {

@@ -36,6 +36,18 @@ pub struct Observed {
     pub controller_role: Option<Role>,
     /// The other SidecarMigrations in the namespace.
     pub others: Vec<SidecarMigration>,
+    /// Whether this migration may start changing things now.
+    pub slot: Slot,
+}
+
+/// `--max-concurrent-migrations`: how many may be in flight at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Slot {
+    #[default]
+    Free,
+    Taken {
+        limit: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -84,12 +96,17 @@ pub struct Plan {
 /// never count as available, so the rolling update retires no legacy pod.
 pub const APPROVAL_HOLD_MIN_READY_SECONDS: i32 = 365 * 24 * 3600;
 
+/// A held migration looks again this often (a slot frees without an event).
+const HOLD_RECHECK: Duration = Duration::from_secs(10);
 const IDLE_RECHECK: Duration = Duration::from_secs(300);
 
 enum Outcome {
     Done,
     Act(Vec<Action>, String),
     Wait(String),
+    /// Not started, and waiting for something other than the cluster (dry
+    /// run, a free slot): reported as Pending with this reason.
+    Hold(&'static str, String),
     /// Validation failed: nothing was changed.
     Fail(&'static str, String),
     /// Stop here without failing (the Deployment is already migrated).
@@ -260,17 +277,20 @@ impl<'a> Planner<'a> {
                             message,
                         };
                     }
-                    if name == Phase::Validating && self.spec.dry_run {
-                        self.status.phase = Phase::Pending;
-                        return Health {
-                            ready: false,
-                            reconciling: false,
-                            stalled: false,
-                            reason: "DryRun".into(),
-                            message,
-                        };
-                    }
                     return self.progressing(name, message);
+                }
+                Outcome::Hold(reason, message) => {
+                    self.status.steps[i].message = Some(message.clone());
+                    self.status.message = Some(message.clone());
+                    self.status.phase = Phase::Pending;
+                    self.requeue_after = Some(HOLD_RECHECK);
+                    return Health {
+                        ready: false,
+                        reconciling: false,
+                        stalled: false,
+                        reason: reason.into(),
+                        message,
+                    };
                 }
                 Outcome::Fail(reason, message) => {
                     // A failed validation changed nothing and stays Running:
@@ -475,10 +495,21 @@ impl<'a> Planner<'a> {
         }
         self.status.plan = planned_changes(spec, self.scm, proxy, sidecar, proxy_c, self.obs);
         if spec.dry_run {
-            return Outcome::Wait(format!(
-                "dry run: {} changes planned in status.plan; set spec.dryRun to false to apply them",
-                self.status.plan.len()
-            ));
+            return Outcome::Hold(
+                "DryRun",
+                format!(
+                    "dry run: {} changes planned in status.plan; set spec.dryRun to false to apply them",
+                    self.status.plan.len()
+                ),
+            );
+        }
+        if let Slot::Taken { limit } = self.obs.slot {
+            return Outcome::Hold(
+                "WaitingForSlot",
+                format!(
+                    "{limit} migration(s) already in flight (--max-concurrent-migrations={limit}); this one starts when one of them ends"
+                ),
+            );
         }
         Outcome::Done
     }
@@ -885,7 +916,10 @@ impl<'a> Planner<'a> {
                 self.requeue_after = Some(IDLE_RECHECK);
                 self.progressing(Phase::RollingBack, message)
             }
-            Outcome::Wait(message) | Outcome::Fail(_, message) | Outcome::AlreadyDone(message) => {
+            Outcome::Wait(message)
+            | Outcome::Hold(_, message)
+            | Outcome::Fail(_, message)
+            | Outcome::AlreadyDone(message) => {
                 self.status.message = Some(message.clone());
                 self.requeue_after = Some(IDLE_RECHECK);
                 self.progressing(Phase::RollingBack, message)

@@ -38,10 +38,76 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    pub slots: Slots,
+}
+
+/// `--max-concurrent-migrations`: the migrations in flight are the started,
+/// unfinished ones the watches show, and those admitted since but whose
+/// status has not come back through a watch yet.
+#[derive(Default)]
+pub struct Slots {
+    pub limit: Option<usize>,
+    admitted: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    stores: std::sync::Mutex<Vec<Store<SidecarMigration>>>,
+}
+
+impl Slots {
+    pub fn new(limit: Option<usize>) -> Self {
+        Slots {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    fn check(&self, scm: &SidecarMigration) -> plan::Slot {
+        let Some(limit) = self.limit else {
+            return plan::Slot::Free;
+        };
+        let me = key(scm);
+        let (Ok(mut admitted), Ok(stores)) = (self.admitted.lock(), self.stores.lock()) else {
+            return plan::Slot::Taken { limit };
+        };
+        if !in_flight(scm) && (finished(scm) || scm.metadata.deletion_timestamp.is_some()) {
+            admitted.remove(&me);
+            return plan::Slot::Free;
+        }
+        let mut busy: std::collections::BTreeSet<String> = stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter(|m| in_flight(m))
+            .map(|m| key(&m))
+            .collect();
+        busy.extend(admitted.iter().cloned());
+        if busy.contains(&me) || busy.len() < limit {
+            admitted.insert(me);
+            plan::Slot::Free
+        } else {
+            plan::Slot::Taken { limit }
+        }
+    }
+}
+
+fn key(scm: &SidecarMigration) -> String {
+    format!("{}/{}", scm.namespace().unwrap_or_default(), scm.name_any())
+}
+
+fn finished(scm: &SidecarMigration) -> bool {
+    scm.status
+        .as_ref()
+        .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::RolledBack))
+}
+
+fn in_flight(scm: &SidecarMigration) -> bool {
+    scm.status.as_ref().is_some_and(|s| s.original.is_some()) && !finished(scm)
 }
 
 impl Context {
-    pub fn new(client: Client, instance: Option<String>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        instance: Option<String>,
+        metrics: Arc<Metrics>,
+        slots: Slots,
+    ) -> Self {
         let reporter = Reporter {
             controller: MANAGED_BY.into(),
             instance,
@@ -50,6 +116,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            slots,
         }
     }
 }
@@ -79,6 +146,9 @@ pub async fn run(
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let controller = Controller::new(migrations, watcher::Config::default().any_semantic());
     let store = controller.store();
+    if let Ok(mut stores) = ctx.slots.stores.lock() {
+        stores.push(store.clone());
+    }
     {
         let store = store.clone();
         tokio::spawn(async move {
@@ -191,7 +261,8 @@ pub async fn reconcile(scm: Arc<SidecarMigration>, ctx: Arc<Context>) -> Result<
         set_finalizers(&migrations, &scm, finalizers).await?;
         return Ok(Requeue::await_change());
     }
-    let observed = observe(&scm, &ctx.client, &ns).await?;
+    let mut observed = observe(&scm, &ctx.client, &ns).await?;
+    observed.slot = ctx.slots.check(&scm);
     let plan = plan::plan(&scm, &observed, Timestamp::now());
     execute(&scm, &ctx, &ns, plan).await
 }

@@ -1025,3 +1025,30 @@ fn conditions_keep_their_transition_time_while_unchanged() {
     );
     assert!(again.events.is_empty(), "one event per transition");
 }
+
+#[test]
+fn without_a_free_slot_a_migration_waits_in_pending() {
+    let obs = Observed {
+        proxy: Some(sidecar_deployment("kic:3.4")),
+        slot: Slot::Taken { limit: 2 },
+        ..Default::default()
+    };
+    let p = plan(&scm(json!({})), &obs, now());
+    assert_eq!(p.status.phase, Phase::Pending);
+    assert!(p.actions.is_empty());
+    assert!(
+        p.status.original.is_none(),
+        "nothing recorded, nothing changed"
+    );
+    assert_eq!(cond(&p, "Ready").reason, "WaitingForSlot");
+    assert!(
+        p.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("--max-concurrent-migrations=2"))
+    );
+    assert!(
+        p.requeue_after.is_some(),
+        "a slot frees without an event on this object"
+    );
+}
