@@ -31,7 +31,7 @@ command -v go >/dev/null || {
 }
 
 version=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$here/go.mod")
-key=$(cat "$here/go.mod" "$here/go.sum" "$here/etcd/main.go" | sha256sum | cut -c1-12)
+key=$(cat "$here/go.mod" "$here/go.sum" "$here/etcd/main.go" "$here/build.sh" | sha256sum | cut -c1-12)
 out="${CARGO_TARGET_DIR:-$root/target}/controlplane/$version-$key"
 
 if have_all "$out"; then
@@ -43,7 +43,15 @@ mkdir -p "$out.tmp"
 cd "$here"
 echo "building the control plane $version into $out (first run: several minutes)" >&2
 go build -trimpath -o "$out.tmp/etcd" ./etcd
-go build -trimpath -o "$out.tmp/" \
+# Kubernetes stamps its version at link time (hack/lib/version.sh); without
+# it the binaries report v0.0.0-master and `kubectl version` fails to parse it.
+minor=${version#v1.}
+minor=${minor%%.*}
+ldflags=""
+for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+	ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+done
+go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" \
 	k8s.io/kubernetes/cmd/kube-apiserver \
 	k8s.io/kubernetes/cmd/kube-controller-manager \
 	k8s.io/kubernetes/cmd/kubectl

@@ -1,0 +1,80 @@
+//! The Kong chart renderings under `tests/fixtures/`: namespace-free YAML in
+//! which `${NAMESPACE}` stands for the namespace they are installed into.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::discovery::{Scope, pinned_kind};
+use kube::{Client, ResourceExt as _};
+use serde::Deserialize as _;
+
+const PLACEHOLDER: &str = "${NAMESPACE}";
+const FIELD_MANAGER: &str = "testenv";
+
+/// Reads `tests/fixtures/<file_name>` for `namespace`. Namespaced objects get
+/// that namespace; the chart's cluster-scoped RBAC objects get `-<namespace>`
+/// appended to their names, so installs in different namespaces stay apart.
+pub fn load_fixture(file_name: &str, namespace: &str) -> anyhow::Result<Vec<DynamicObject>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(file_name);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .replace(PLACEHOLDER, namespace);
+    let mut objects = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let mut object =
+            DynamicObject::deserialize(document).with_context(|| format!("parsing {file_name}"))?;
+        let kind = object
+            .types
+            .as_ref()
+            .map(|t| t.kind.as_str())
+            .unwrap_or_default();
+        match kind {
+            "ClusterRole" => {
+                object.metadata.name = Some(format!("{}-{namespace}", object.name_any()))
+            }
+            "ClusterRoleBinding" => {
+                object.metadata.name = Some(format!("{}-{namespace}", object.name_any()));
+                let role = object
+                    .data
+                    .pointer_mut("/roleRef/name")
+                    .context("ClusterRoleBinding without roleRef")?;
+                *role = format!("{}-{namespace}", role.as_str().unwrap_or_default()).into();
+            }
+            _ => object.metadata.namespace = Some(namespace.to_string()),
+        }
+        objects.push(object);
+    }
+    Ok(objects)
+}
+
+/// Server-side-applies every object of [`load_fixture`].
+pub async fn apply_fixture(
+    client: &Client,
+    namespace: &str,
+    file_name: &str,
+) -> anyhow::Result<()> {
+    for object in load_fixture(file_name, namespace)? {
+        let types = object
+            .types
+            .as_ref()
+            .context("a fixture document lacks apiVersion or kind")?;
+        let (resource, capabilities) =
+            pinned_kind(client, &GroupVersionKind::try_from(types)?).await?;
+        let api: Api<DynamicObject> = match capabilities.scope {
+            Scope::Namespaced => Api::namespaced_with(client.clone(), namespace, &resource),
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+        };
+        let name = object.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("applying {} {name} from {file_name}", types.kind))?;
+    }
+    Ok(())
+}
