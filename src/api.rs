@@ -276,13 +276,15 @@ pub struct Original {
     pub proxy_env: Value,
     #[schemars(schema_with = "preserve_unknown_list")]
     pub proxy_ports: Value,
-    /// The Deployment's rollout settings (apps/v1 DeploymentStrategy) and
-    /// minReadySeconds, held during the migration.
+    /// The Deployment's rollout settings (apps/v1 DeploymentStrategy),
+    /// minReadySeconds and progressDeadlineSeconds, held during the migration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown")]
     pub strategy: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ready_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<i32>,
     /// Set when an existing admin Service was adopted: its selector and ports
     /// as they were (rollback restores them instead of deleting the Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,6 +2,8 @@
 //! sidecar topology to Gateway Discovery, driven by one `SidecarMigration`.
 
 pub mod api;
+#[cfg(feature = "testenv")]
+pub mod demo;
 pub mod kong;
 pub mod metrics;
 pub mod operator;

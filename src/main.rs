@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use sidecar_migrator::{api, operator};
+use sidecar_migrator::{api, operator, reconcile};
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +20,10 @@ enum Command {
     Run(RunArgs),
     /// Print the SidecarMigration CustomResourceDefinition as YAML.
     Crd,
+    /// Migrate the Kong chart's sidecar install end to end and show it live,
+    /// on a local control plane with simulated nodes unless --kubeconfig.
+    #[cfg(feature = "testenv")]
+    Demo(sidecar_migrator::demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -45,9 +49,18 @@ struct RunArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    let default_filter = match cli.command {
+        // The demo prints its own progress; the control plane's start-up
+        // probes would drown it.
+        #[cfg(feature = "testenv")]
+        Command::Demo(_) => "warn,kube_client=off,sidecar_migrator::testenv=error",
+        _ => "info,kube=warn",
+    };
+    init_logging(cli.log_json, default_filter);
     match cli.command {
         Command::Crd => print!("{}", api::crd_yaml()?),
+        #[cfg(feature = "testenv")]
+        Command::Demo(args) => sidecar_migrator::demo::run(args).await?,
         Command::Run(args) => {
             let lease = match args.leader_election_lease {
                 Some(l) => {
@@ -70,16 +83,16 @@ async fn main() -> anyhow::Result<()> {
                 http: args.http_addr,
                 max_concurrent_migrations: args.max_concurrent_migrations,
             };
-            operator::run(kube::Client::try_default().await?, opts).await?;
+            operator::run(reconcile::client(kube::Config::infer().await?)?, opts).await?;
         }
     }
     Ok(())
 }
 
-fn init_logging(json: bool) {
+fn init_logging(json: bool, default_filter: &str) {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     if json {
         fmt().json().with_env_filter(filter).init();
     } else {

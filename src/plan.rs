@@ -67,6 +67,25 @@ pub enum Action {
     RemoveFinalizer,
 }
 
+impl Action {
+    /// What the action does, for events and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::ReplaceProxy(d) => format!("the update of Deployment {}", d.name_any()),
+            Action::ApplyAdminService(s) => format!("the apply of Service {}", s.name_any()),
+            Action::ApplyController(o) => format!(
+                "the apply of Deployment {} and its Role and RoleBinding",
+                o.deployment.name_any()
+            ),
+            Action::DeleteController => "the deletion of the controller Deployment".into(),
+            Action::DeleteAdminService => "the deletion of the admin Service".into(),
+            Action::OrphanReplicaSet(rs) => format!("the deletion of ReplicaSet {rs}"),
+            Action::EvictPod(pod) => format!("the eviction of pod {pod}"),
+            Action::RemoveFinalizer => "the removal of the finalizer".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControllerObjects {
     pub deployment: Deployment,
@@ -368,6 +387,16 @@ impl<'a> Planner<'a> {
                 ),
             );
         };
+        // Before anything about the template: another migration in flight
+        // has already changed it.
+        if let Some(other) = self.rival() {
+            return Outcome::Fail(
+                "DuplicateMigration",
+                format!(
+                    "SidecarMigration {other} already migrates Deployment {name}: delete this one, or that one if it is the mistake"
+                ),
+            );
+        }
         let Some(pod) = proxy.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
             return Outcome::Fail(
                 "ProxyDeploymentInvalid",
@@ -409,14 +438,6 @@ impl<'a> Planner<'a> {
                 ))
             };
         };
-        if let Some(other) = self.rival() {
-            return Outcome::Fail(
-                "DuplicateMigration",
-                format!(
-                    "SidecarMigration {other} already migrates Deployment {name}: delete this one, or that one if it is the mistake"
-                ),
-            );
-        }
         if let Some(c) = &self.obs.controller
             && !is_ours(&c.metadata, self.scm)
         {
@@ -1345,12 +1366,20 @@ pub fn gitops_owner(meta: &ObjectMeta) -> Option<String> {
     None
 }
 
-/// The most recent writer of an object other than this operator.
+/// The most recent writer of an object's spec other than this operator.
+/// Status and annotation writers (kube-controller-manager stamps the
+/// revision) are not the ones who changed the template.
 fn last_other_manager(meta: &ObjectMeta) -> Option<String> {
     meta.managed_fields
         .iter()
         .flatten()
         .filter(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
+        .filter(|m| m.subresource.as_deref().unwrap_or_default().is_empty())
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:spec").is_some())
+        })
         .max_by_key(|m| m.time.as_ref().map(|t| t.0))
         .and_then(|m| m.manager.clone())
 }
@@ -1435,6 +1464,7 @@ fn record_original(
         proxy_ports: to_value(&proxy_c.ports.clone().unwrap_or_default()),
         strategy: dspec.strategy.as_ref().map(to_value),
         min_ready_seconds: dspec.min_ready_seconds,
+        progress_deadline_seconds: dspec.progress_deadline_seconds,
         adopted_admin_service,
     })
 }
@@ -1556,6 +1586,7 @@ pub fn with_rollout(mut d: Deployment, rollout: Rollout, original: &Original) ->
         Rollout::Original => {
             spec.strategy = recorded;
             spec.min_ready_seconds = original.min_ready_seconds;
+            spec.progress_deadline_seconds = original.progress_deadline_seconds;
         }
         Rollout::Held { approval_hold } => {
             let surge = recorded
@@ -1575,10 +1606,19 @@ pub fn with_rollout(mut d: Deployment, rollout: Rollout, original: &Original) ->
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             });
-            spec.min_ready_seconds = if approval_hold {
-                Some(APPROVAL_HOLD_MIN_READY_SECONDS)
+            // The API server requires progressDeadlineSeconds above
+            // minReadySeconds, and a held rollout must not be reported as
+            // failed while it waits for approval.
+            (spec.min_ready_seconds, spec.progress_deadline_seconds) = if approval_hold {
+                (
+                    Some(APPROVAL_HOLD_MIN_READY_SECONDS),
+                    Some(APPROVAL_HOLD_MIN_READY_SECONDS + 1),
+                )
             } else {
-                original.min_ready_seconds
+                (
+                    original.min_ready_seconds,
+                    original.progress_deadline_seconds,
+                )
             };
         }
     }

@@ -20,7 +20,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::*;
 use crate::metrics::Metrics;
@@ -99,6 +99,15 @@ fn finished(scm: &SidecarMigration) -> bool {
 
 fn in_flight(scm: &SidecarMigration) -> bool {
     scm.status.as_ref().is_some_and(|s| s.original.is_some()) && !finished(scm)
+}
+
+/// The operator's client. kube's built-in retry of 429/503/504 is off: it
+/// would wait out a PodDisruptionBudget's refusal inside the eviction call,
+/// hiding it from status and events and blocking the reconcile; the
+/// controller's error policy is the one place that retries.
+pub fn client(mut config: kube::Config) -> Result<Client, kube::Error> {
+    config.default_retry = false;
+    Client::try_from(config)
 }
 
 impl Context {
@@ -378,6 +387,7 @@ async fn execute(
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     for action in plan.actions {
+        debug!("performing {}", action.describe());
         let result = match &action {
             Action::ReplaceProxy(d) => {
                 let pp = PostParams {
@@ -476,11 +486,24 @@ async fn execute(
                 set_finalizers(&Api::namespaced(client.clone(), ns), scm, finalizers).await
             }
         };
+        debug!(ok = result.is_ok(), "done: {}", action.describe());
         match ignore_missing(result) {
             Ok(()) => {}
             // Someone changed the object since it was read: read it again.
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 return Ok(Requeue::requeue(Duration::from_millis(500)));
+            }
+            // A refusal that retrying cannot fix (invalid, forbidden, ...)
+            // must be visible on the migration, not only in the logs.
+            Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
+                let note = format!(
+                    "the API server refused {}: {} ({}); retrying",
+                    action.describe(),
+                    e.message,
+                    e.reason
+                );
+                publish(ctx, &reference, true, "ApiRefused", note).await;
+                return Err(kube::Error::Api(e).into());
             }
             Err(e) => return Err(e.into()),
         }

@@ -218,6 +218,16 @@ fn bad_input_is_reported_and_changes_nothing() {
         original: Some(Original::default()),
         ..Default::default()
     });
+    let without_sidecar = {
+        let mut d = sidecar_deployment(kic);
+        let pod = d
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .expect("pod spec");
+        pod.containers.retain(|c| c.name != "ingress-controller");
+        d
+    };
     let cases: Vec<(&str, Observed, &str)> = vec![
         (
             "missing deployment",
@@ -255,6 +265,15 @@ fn bad_input_is_reported_and_changes_nothing() {
             "second migration of the same Deployment",
             Observed {
                 proxy: Some(sidecar_deployment(kic)),
+                others: vec![rival.clone()],
+                ..Default::default()
+            },
+            "DuplicateMigration",
+        ),
+        (
+            "second migration after the first removed the sidecar",
+            Observed {
+                proxy: Some(without_sidecar),
                 others: vec![rival],
                 ..Default::default()
             },
@@ -952,10 +971,27 @@ fn drift_is_reported_not_overwritten() {
     let d = sidecar_deployment("kic:3.4");
     let m = in_phase(json!({}), Phase::WaitingForAdminService, &d);
     let mut reverted = d.clone();
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    // kube-controller-manager writes after helm, but only the revision
+    // annotation and the status: it is not the one to blame.
     reverted.metadata.managed_fields = Some(vec![
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+        ManagedFieldsEntry {
             manager: Some("helm".into()),
             time: Some(Time(now())),
+            fields_v1: Some(FieldsV1(json!({ "f:spec": { "f:template": {} } }))),
+            ..Default::default()
+        },
+        ManagedFieldsEntry {
+            manager: Some("kube-controller-manager".into()),
+            time: Some(Time(later(1))),
+            fields_v1: Some(FieldsV1(json!({ "f:metadata": { "f:annotations": {} } }))),
+            ..Default::default()
+        },
+        ManagedFieldsEntry {
+            manager: Some("kube-controller-manager".into()),
+            time: Some(Time(later(1))),
+            subresource: Some("status".into()),
+            fields_v1: Some(FieldsV1(json!({ "f:status": {} }))),
             ..Default::default()
         },
     ]);

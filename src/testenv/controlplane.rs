@@ -193,10 +193,13 @@ impl ControlPlane {
     /// A new client each call: a client belongs to the tokio runtime it was
     /// made on, and each `#[tokio::test]` has its own.
     pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::try_from(self.config().await?)?)
+    }
+
+    /// The admin kubeconfig's client configuration.
+    pub async fn config(&self) -> anyhow::Result<Config> {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
-        let config =
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        Ok(Client::try_from(config)?)
+        Ok(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
     }
 
     pub fn kubeconfig_path(&self) -> &Path {

@@ -1,0 +1,702 @@
+//! The whole migration on a real control plane with the node simulator:
+//! each test asserts the SidecarMigration's status and events and the
+//! objects that result.
+
+mod support;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{ResourceExt, api::ObjectMeta};
+use serde_json::json;
+use sidecar_migrator::api::{DISCOVERY_LABEL, Phase};
+use support::*;
+
+/// After a migration: no sidecar, a Gateway Discovery controller, every pod
+/// Ready and the proxy serving.
+async fn assert_migrated(case: &Case, replicas: usize) {
+    let proxy = case.wait_rollout(PROXY).await;
+    assert_eq!(containers(&proxy), vec!["proxy"]);
+    assert_eq!(
+        env(&proxy, "proxy", "KONG_ADMIN_LISTEN").as_deref(),
+        Some("0.0.0.0:8444 http2 ssl, [::]:8444 http2 ssl")
+    );
+    assert_eq!(env(&proxy, "proxy", "KONG_KIC"), None);
+    let controller = case.wait_rollout(CONTROLLER).await;
+    assert_eq!(
+        env(&controller, SIDECAR, "CONTROLLER_KONG_ADMIN_SVC"),
+        Some(format!("{}/kong-kong-admin", case.ns))
+    );
+    assert_eq!(env(&controller, SIDECAR, "CONTROLLER_KONG_ADMIN_URL"), None);
+    let pods = case.pods().await;
+    assert_eq!(pods.len(), replicas, "{:?}", names(&pods));
+    assert!(
+        pods.iter().all(|p| !has_sidecar(p) && is_ready(p)),
+        "{:?}",
+        names(&pods)
+    );
+    // EndpointSlices follow pod deletions a moment later.
+    case.sim
+        .wait_ready_endpoints(&case.ns, PROXY_SERVICE, replicas, DEADLINE)
+        .await
+        .expect("the proxy Service lists exactly the new pods");
+    assert!(proxy.metadata.owner_references.is_none());
+    assert!(
+        controller.metadata.owner_references.is_none(),
+        "outlives the CR"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_downtime_migration_of_one_replica() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.apply("kong", json!({ "proxyDeployment": PROXY }))
+        .await
+        .expect("apply");
+    let m = case.wait_phase("kong", Phase::Succeeded).await;
+    assert_eq!(condition(&m, "Ready"), ("True", "Succeeded"));
+    assert_eq!(condition(&m, "Stalled").0, "False");
+    let status = m.status.clone().expect("status");
+    assert_eq!(status.observed_generation, m.metadata.generation);
+    assert_eq!(status.step.as_deref(), Some("5/5"));
+    assert_eq!(status.controller_version.as_deref(), Some("3.4.0"));
+    assert!(status.original.is_some());
+    assert_migrated(&case, 1).await;
+    assert_eq!(
+        case.downtime_ms(),
+        0,
+        "ZeroDowntime never leaves the proxy without a Ready endpoint"
+    );
+    let reasons = case.event_reasons("kong").await;
+    for want in [
+        "Validated",
+        "SidecarDisabled",
+        "ControllerDeployed",
+        "AdminServiceReady",
+        "LegacyPodsDeleted",
+        "MigrationSucceeded",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "no {want} event in {reasons:?}"
+        );
+    }
+    // The label told old pods from new ones; once they are gone the admin
+    // Service selects the chart's labels alone, so the chart can take it over.
+    let svc = Api::<Service>::namespaced(case.client.clone(), &case.ns)
+        .get("kong-kong-admin")
+        .await
+        .expect("admin Service");
+    let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
+    assert!(!selector.contains_key(DISCOVERY_LABEL));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_downtime_migration_of_three_replicas_under_a_pdb() {
+    let case = Case::new("sidecar-3-replicas-pdb.yaml").await;
+    case.apply("kong", json!({ "proxyDeployment": PROXY }))
+        .await
+        .expect("apply");
+    case.wait_phase("kong", Phase::Succeeded).await;
+    assert_migrated(&case, 3).await;
+    assert_eq!(case.downtime_ms(), 0);
+    let proxy = case.deployments().get(PROXY).await.expect("proxy");
+    let strategy = proxy.spec.and_then(|s| s.strategy).expect("strategy");
+    assert_ne!(
+        strategy.rolling_update.and_then(|r| r.max_unavailable),
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)),
+        "the user's rollout strategy is back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_stays_a_secret_reference() {
+    let case = Case::new("sidecar-token-secret.yaml").await;
+    case.apply("kong", json!({ "proxyDeployment": PROXY }))
+        .await
+        .expect("apply");
+    let m = case.wait_phase("kong", Phase::Succeeded).await;
+    let controller = case
+        .deployments()
+        .get(CONTROLLER)
+        .await
+        .expect("controller");
+    let token = controller
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers[0].env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == "CONTROLLER_KONG_ADMIN_TOKEN"))
+        .cloned()
+        .expect("token env carried over");
+    assert_eq!(token.value, None);
+    let key = token
+        .value_from
+        .and_then(|v| v.secret_key_ref)
+        .expect("secretKeyRef");
+    assert_eq!(
+        (key.name.as_str(), key.key.as_str()),
+        ("kong-admin-token", "token")
+    );
+    let status = serde_json::to_string(&m.status).expect("status json");
+    let events = serde_json::to_string(&case.events("kong").await).expect("events json");
+    for text in [&status, &events] {
+        assert!(
+            !text.contains("s3cr3t-admin-token-value"),
+            "a secret value leaked"
+        );
+    }
+    assert!(
+        status.contains("kong-admin-token"),
+        "the reference is recorded for rollback"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_mode_migrates_and_is_noted() {
+    let case = Case::new("sidecar-db-postgres.yaml").await;
+    case.apply("kong", json!({ "proxyDeployment": PROXY }))
+        .await
+        .expect("apply");
+    let m = case.wait_phase("kong", Phase::Succeeded).await;
+    assert_eq!(
+        m.status.and_then(|s| s.database).as_deref(),
+        Some("postgres")
+    );
+    assert_migrated(&case, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kong_documented_order_evicts_and_reports_its_downtime() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.apply(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "cutover": "DeleteLegacyPods" }),
+    )
+    .await
+    .expect("apply");
+    case.wait_phase("kong", Phase::Succeeded).await;
+    assert_migrated(&case, 1).await;
+    case.wait_event("kong", "LegacyPodEvicted").await;
+    let downtime = case.downtime_ms();
+    eprintln!("DeleteLegacyPods downtime: {downtime} ms");
+    assert!(
+        downtime > 0,
+        "Kong's order leaves the proxy without a Ready endpoint"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_approval_touches_no_legacy_pod_until_approved() {
+    let case = Case::new("sidecar-3-replicas-pdb.yaml").await;
+    let legacy: Vec<_> = case.pods().await.iter().map(|p| p.uid()).collect();
+    case.apply(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await
+    .expect("apply");
+    let m = case.wait_phase("kong", Phase::AwaitingApproval).await;
+    assert_eq!(condition(&m, "Ready"), ("False", "AwaitingApproval"));
+    assert_eq!(m.status.as_ref().map(|s| s.legacy_pods.len()), Some(3));
+    let pods = case.pods().await;
+    for uid in &legacy {
+        let pod = pods
+            .iter()
+            .find(|p| p.uid() == *uid)
+            .expect("legacy pod still there");
+        assert!(is_ready(pod) && pod.metadata.deletion_timestamp.is_none());
+    }
+    assert!(
+        pods.iter().any(|p| !has_sidecar(p) && is_ready(p)),
+        "the new gateway pods are Ready beside the legacy ones"
+    );
+    assert_eq!(case.downtime_ms(), 0);
+    case.set("kong", json!({ "approved": true })).await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    assert!(
+        case.event_reasons("kong")
+            .await
+            .iter()
+            .any(|r| r == "Approved")
+    );
+    assert_migrated(&case, 3).await;
+    assert_eq!(case.downtime_ms(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_and_resume_finishes() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    let before = case.deployments().get(PROXY).await.expect("proxy");
+    case.apply("kong", json!({ "proxyDeployment": PROXY, "paused": true }))
+        .await
+        .expect("apply");
+    let m = case.wait_phase("kong", Phase::Paused).await;
+    assert_eq!(condition(&m, "Ready"), ("False", "Paused"));
+    let after = case.deployments().get(PROXY).await.expect("proxy");
+    assert_eq!(
+        after.metadata.generation, before.metadata.generation,
+        "nothing changed"
+    );
+    case.set("kong", json!({ "paused": false })).await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    assert!(
+        case.event_reasons("kong")
+            .await
+            .iter()
+            .any(|r| r == "Resumed")
+    );
+    assert_migrated(&case, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_plans_every_change_and_makes_none() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    let before = case.deployments().get(PROXY).await.expect("proxy");
+    case.apply("kong", json!({ "proxyDeployment": PROXY, "dryRun": true }))
+        .await
+        .expect("apply");
+    let m = case
+        .wait_until("kong", "a dry-run plan", |m| {
+            m.status.as_ref().is_some_and(|s| !s.plan.is_empty())
+        })
+        .await;
+    assert_eq!(m.status.as_ref().map(|s| s.phase), Some(Phase::Pending));
+    assert_eq!(condition(&m, "Ready"), ("False", "DryRun"));
+    let plan = m.status.map(|s| s.plan).unwrap_or_default();
+    assert!(
+        plan.iter()
+            .any(|c| c.object == "Deployment/kong-kong-controller")
+    );
+    assert!(
+        plan.iter()
+            .any(|c| c.change == "remove container ingress-controller")
+    );
+    let after = case.deployments().get(PROXY).await.expect("proxy");
+    assert_eq!(after.resource_version(), before.resource_version());
+    assert!(
+        case.deployments()
+            .get_opt(CONTROLLER)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    // Leaving dry run carries it out.
+    case.set("kong", json!({ "dryRun": false })).await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+}
+
+/// The installation is back to the chart's sidecar rendering and serves.
+async fn assert_rolled_back(case: &Case, replicas: usize) {
+    let proxy = case.wait_rollout(PROXY).await;
+    assert_eq!(containers(&proxy), vec![SIDECAR, "proxy"]);
+    assert_eq!(
+        env(&proxy, "proxy", "KONG_ADMIN_LISTEN").as_deref(),
+        Some("127.0.0.1:8444 http2 ssl, [::1]:8444 http2 ssl")
+    );
+    assert_eq!(env(&proxy, "proxy", "KONG_KIC").as_deref(), Some("on"));
+    let labels = proxy
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    assert!(!labels.contains_key(DISCOVERY_LABEL));
+    assert!(
+        case.deployments()
+            .get_opt(CONTROLLER)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let admin = Api::<Service>::namespaced(case.client.clone(), &case.ns)
+        .get_opt("kong-kong-admin")
+        .await
+        .expect("get");
+    assert!(admin.is_none(), "the admin Service it created is gone");
+    let pods = case.pods().await;
+    assert_eq!(pods.len(), replicas);
+    assert!(pods.iter().all(|p| has_sidecar(p) && is_ready(p)));
+    case.sim
+        .wait_ready_endpoints(&case.ns, PROXY_SERVICE, replicas, DEADLINE)
+        .await
+        .expect("the proxy serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_on_request_while_awaiting_approval() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.apply(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await
+    .expect("apply");
+    case.wait_phase("kong", Phase::AwaitingApproval).await;
+    case.set("kong", json!({ "rollback": true })).await;
+    let m = case.wait_phase("kong", Phase::RolledBack).await;
+    assert_eq!(condition(&m, "Ready"), ("True", "RolledBack"));
+    assert_rolled_back(&case, 1).await;
+    assert_eq!(
+        case.downtime_ms(),
+        0,
+        "rollback brings sidecar pods up before the rest goes"
+    );
+    let reasons = case.event_reasons("kong").await;
+    assert!(
+        reasons.iter().any(|r| r == "RollingBack") && reasons.iter().any(|r| r == "RolledBack")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_on_request_while_waiting_for_the_admin_service() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.apply(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "controller": { "image": "kong/kubernetes-ingress-controller:3.4-invalid" } }),
+    )
+    .await
+    .expect("apply");
+    case.wait_phase("kong", Phase::WaitingForAdminService).await;
+    case.set("kong", json!({ "rollback": true })).await;
+    case.wait_phase("kong", Phase::RolledBack).await;
+    assert_rolled_back(&case, 1).await;
+    assert_eq!(case.downtime_ms(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_on_request_while_evictions_are_blocked() {
+    // Kong's order with a PodDisruptionBudget cannot proceed without breaking
+    // the budget: the eviction is refused, and the user rolls back.
+    let case = Case::new("sidecar-3-replicas-pdb.yaml").await;
+    case.apply(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "cutover": "DeleteLegacyPods" }),
+    )
+    .await
+    .expect("apply");
+    case.wait_phase("kong", Phase::DeletingLegacyPods).await;
+    case.wait_event("kong", "EvictionBlocked").await;
+    case.set("kong", json!({ "rollback": true })).await;
+    case.wait_phase("kong", Phase::RolledBack).await;
+    assert_rolled_back(&case, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_timeout_rolls_back_by_itself() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.apply(
+        "kong",
+        json!({
+            "proxyDeployment": PROXY,
+            "stepTimeoutSeconds": 10,
+            "controller": { "image": "kong/kubernetes-ingress-controller:invalid-3.4" },
+        }),
+    )
+    .await
+    .expect("apply");
+    let m = case.wait_phase("kong", Phase::RolledBack).await;
+    assert_eq!(condition(&m, "Ready").0, "False");
+    assert_eq!(condition(&m, "Stalled"), ("True", "RolledBack"));
+    case.wait_event("kong", "StepTimedOut").await;
+    assert_rolled_back(&case, 1).await;
+    assert_eq!(case.downtime_ms(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_unfinished_migration_rolls_it_back() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.apply(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await
+    .expect("apply");
+    case.wait_phase("kong", Phase::AwaitingApproval).await;
+    case.migrations()
+        .delete("kong", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let api = case.migrations();
+    sidecar_migrator::testenv::wait_for(DEADLINE, "the SidecarMigration to be gone", async || {
+        Ok(api.get_opt("kong").await?.is_none().then_some(()))
+    })
+    .await
+    .expect("finalizer removed after rollback");
+    assert_rolled_back(&case, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_succeeded_migration_leaves_the_installation_alone() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.apply("kong", json!({ "proxyDeployment": PROXY }))
+        .await
+        .expect("apply");
+    case.wait_phase("kong", Phase::Succeeded).await;
+    case.migrations()
+        .delete("kong", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let api = case.migrations();
+    sidecar_migrator::testenv::wait_for(DEADLINE, "the SidecarMigration to be gone", async || {
+        Ok(api.get_opt("kong").await?.is_none().then_some(()))
+    })
+    .await
+    .expect("deleted");
+    assert_migrated(&case, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restart_mid_migration_finishes_it_once() {
+    let mut case = Case::new("sidecar-3-replicas-pdb.yaml").await;
+    case.apply("kong", json!({ "proxyDeployment": PROXY }))
+        .await
+        .expect("apply");
+    case.wait_phase("kong", Phase::DeployingController).await;
+    case.kill_operator().await;
+    case.start_operator();
+    case.wait_phase("kong", Phase::WaitingForAdminService).await;
+    case.kill_operator().await;
+    case.start_operator();
+    case.wait_phase("kong", Phase::Succeeded).await;
+    assert_migrated(&case, 3).await;
+    let controllers = case
+        .deployments()
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter(|d| d.name_any() != PROXY)
+        .count();
+    assert_eq!(controllers, 1, "exactly one controller Deployment");
+    assert_eq!(case.downtime_ms(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_edited_mid_migration_is_reported_not_overwritten() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.apply(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await
+    .expect("apply");
+    let m = case.wait_phase("kong", Phase::AwaitingApproval).await;
+    // Helm (say) puts the sidecar back.
+    let sidecar: serde_json::Value = m
+        .status
+        .and_then(|s| s.original)
+        .map(|o| o.sidecar)
+        .expect("original sidecar");
+    let proxy = case.deployments().get(PROXY).await.expect("proxy");
+    let mut edited = proxy.clone();
+    let pod = edited
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .expect("pod");
+    pod.containers
+        .insert(0, serde_json::from_value(sidecar).expect("container"));
+    case.deployments()
+        .replace(
+            PROXY,
+            &kube::api::PostParams {
+                field_manager: Some("helm".into()),
+                ..Default::default()
+            },
+            &edited,
+        )
+        .await
+        .expect("edit");
+    let m = case
+        .wait_until("kong", "DriftDetected", |m| {
+            condition(m, "Stalled") == ("True", "DriftDetected")
+        })
+        .await;
+    let message = m.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        message.contains("\"helm\"") && message.contains("sidecar is back"),
+        "{message}"
+    );
+    case.wait_event("kong", "DriftDetected").await;
+    let now = case.deployments().get(PROXY).await.expect("proxy");
+    assert_eq!(
+        containers(&now)[0],
+        SIDECAR,
+        "the operator did not overwrite the edit"
+    );
+    // Rolling back from drift restores the rest.
+    case.set("kong", json!({ "rollback": true })).await;
+    case.wait_phase("kong", Phase::RolledBack).await;
+    assert_rolled_back(&case, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_condition_and_an_event_and_changes_nothing() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    let before = case.deployments().get(PROXY).await.expect("proxy");
+
+    // A Deployment that does not exist.
+    case.apply("missing", json!({ "proxyDeployment": "nope" }))
+        .await
+        .expect("apply");
+    let m = case.wait_phase("missing", Phase::Failed).await;
+    assert_eq!(
+        condition(&m, "Stalled"),
+        ("True", "ProxyDeploymentNotFound")
+    );
+    case.wait_event("missing", "ProxyDeploymentNotFound").await;
+
+    // A Deployment by the controller name that is not ours.
+    let mut squatter = before.clone();
+    squatter.metadata = ObjectMeta {
+        name: Some("taken".into()),
+        ..Default::default()
+    };
+    squatter.status = None;
+    let pod = squatter.spec.as_mut().expect("spec");
+    pod.replicas = Some(0);
+    pod.selector.match_labels = Some([("squatter".to_string(), "yes".to_string())].into());
+    pod.template.metadata = Some(ObjectMeta {
+        labels: Some([("squatter".to_string(), "yes".to_string())].into()),
+        ..Default::default()
+    });
+    case.deployments()
+        .create(&Default::default(), &squatter)
+        .await
+        .expect("squatter");
+    case.apply(
+        "taken",
+        json!({ "proxyDeployment": PROXY, "controller": { "name": "taken" }, "dryRun": true }),
+    )
+    .await
+    .expect("apply");
+    let m = case.wait_phase("taken", Phase::Failed).await;
+    assert_eq!(condition(&m, "Stalled").1, "ControllerNameTaken");
+    case.wait_event("taken", "ControllerNameTaken").await;
+    case.migrations()
+        .delete("taken", &DeleteParams::default())
+        .await
+        .expect("delete");
+
+    // A second migration of the same Deployment (the first waits for approval).
+    case.apply(
+        "first",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await
+    .expect("apply");
+    case.wait_phase("first", Phase::AwaitingApproval).await;
+    case.apply("second", json!({ "proxyDeployment": PROXY }))
+        .await
+        .expect("apply");
+    let m = case.wait_phase("second", Phase::Failed).await;
+    assert_eq!(condition(&m, "Stalled").1, "DuplicateMigration");
+    let message = m.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(message.contains("first"), "{message}");
+    case.wait_event("second", "DuplicateMigration").await;
+    assert!(m.metadata.finalizers.iter().flatten().count() == 1);
+    let second = case.migrations().get("second").await.expect("second");
+    assert!(
+        second.status.and_then(|s| s.original).is_none(),
+        "it changed nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_older_than_2_11_is_refused() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    // KIC older than 2.11.
+    case.apply(
+        "old",
+        json!({ "proxyDeployment": PROXY, "controller": { "image": "kong/kubernetes-ingress-controller:2.10.4" } }),
+    )
+    .await
+    .expect("apply");
+    let m = case.wait_phase("old", Phase::Failed).await;
+    assert_eq!(condition(&m, "Stalled").1, "UnsupportedControllerVersion");
+    assert!(
+        m.status
+            .and_then(|s| s.message)
+            .unwrap_or_default()
+            .contains("2.11")
+    );
+    case.wait_event("old", "UnsupportedControllerVersion").await;
+    let proxy = case.deployments().get(PROXY).await.expect("proxy");
+    assert_eq!(
+        containers(&proxy),
+        vec![SIDECAR, "proxy"],
+        "nothing changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_without_the_sidecar_is_already_migrated() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.apply("kong", json!({ "proxyDeployment": PROXY }))
+        .await
+        .expect("apply");
+    case.wait_phase("kong", Phase::Succeeded).await;
+    case.apply("again", json!({ "proxyDeployment": PROXY }))
+        .await
+        .expect("apply");
+    let m = case.wait_phase("again", Phase::Succeeded).await;
+    assert!(
+        m.status
+            .and_then(|s| s.message)
+            .unwrap_or_default()
+            .contains("already")
+    );
+    case.wait_event("again", "AlreadyMigrated").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_rejects_what_cannot_be_right() {
+    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    let cases = [
+        (
+            "another namespace",
+            json!({ "proxyDeployment": "other-ns/kong-kong" }),
+        ),
+        (
+            "approved without Manual",
+            json!({ "proxyDeployment": PROXY, "approved": true }),
+        ),
+        (
+            "unknown cutover",
+            json!({ "proxyDeployment": PROXY, "cutover": "YOLO" }),
+        ),
+        (
+            "tiny timeout",
+            json!({ "proxyDeployment": PROXY, "stepTimeoutSeconds": 1 }),
+        ),
+        ("empty name", json!({ "proxyDeployment": "" })),
+    ];
+    for (what, spec) in cases {
+        let err = case.apply("bad", spec).await.expect_err(what);
+        let kube::Error::Api(e) = err else {
+            panic!("{what}: {err}")
+        };
+        assert_eq!(e.code, 422, "{what}: {}", e.message);
+    }
+    case.apply("good", json!({ "proxyDeployment": PROXY, "dryRun": true }))
+        .await
+        .expect("valid");
+    let change = case
+        .migrations()
+        .patch(
+            "good",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "spec": { "proxyDeployment": "other" } })),
+        )
+        .await
+        .expect_err("proxyDeployment is immutable");
+    let kube::Error::Api(e) = change else {
+        panic!("{change}")
+    };
+    assert!(
+        e.message.contains("cannot change once set"),
+        "{}",
+        e.message
+    );
+}

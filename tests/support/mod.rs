@@ -1,0 +1,291 @@
+//! A migration test's world: its own namespace on the shared control plane,
+//! its own node simulator, a Kong sidecar fixture, and the operator running
+//! in this process, scoped to that namespace.
+
+#![allow(dead_code)] // each test binary uses its own part of this
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use sidecar_migrator::api::{Phase, SidecarMigration};
+use sidecar_migrator::metrics::Metrics;
+use sidecar_migrator::plan;
+use sidecar_migrator::reconcile::{self, Context, Slots};
+use sidecar_migrator::testenv::{ControlPlane, NodeSimulator, apply_fixture, wait_for};
+use tokio::task::JoinHandle;
+
+pub const PROXY: &str = "kong-kong";
+pub const PROXY_SERVICE: &str = "kong-kong-proxy";
+pub const CONTROLLER: &str = "kong-kong-controller";
+pub const SIDECAR: &str = "ingress-controller";
+/// Generous for a 2-core machine running several tests at once.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+pub struct Case {
+    pub cp: &'static ControlPlane,
+    pub client: Client,
+    operator_client: Client,
+    pub ns: String,
+    pub sim: NodeSimulator,
+    operator: Option<JoinHandle<()>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Case {
+    /// A namespace with `fixture` installed and serving, and the operator running.
+    pub async fn new(fixture: &str) -> Case {
+        let mut case = Case::without_operator(fixture).await;
+        case.start_operator();
+        case
+    }
+
+    pub async fn without_operator(fixture: &str) -> Case {
+        // The operator's logs, shown with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_ansi(false)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "sidecar_migrator=info".into()),
+            )
+            .try_init();
+        let cp = ControlPlane::shared().await;
+        let ns = cp.namespace("mig").await.expect("namespace");
+        let client = cp.client().await.expect("client");
+        let operator_client =
+            reconcile::client(cp.config().await.expect("config")).expect("operator client");
+        let sim = NodeSimulator::start_in_namespace(client.clone(), &ns)
+            .await
+            .expect("node simulator");
+        apply_fixture(&client, &ns, fixture)
+            .await
+            .expect("fixture applies");
+        let case = Case {
+            cp,
+            client,
+            operator_client,
+            ns,
+            sim,
+            operator: None,
+            metrics: Arc::new(Metrics::default()),
+        };
+        case.wait_rollout(PROXY).await;
+        case
+    }
+
+    pub fn start_operator(&mut self) {
+        let ctx = Arc::new(Context::new(
+            self.operator_client.clone(),
+            Some("test".into()),
+            self.metrics.clone(),
+            Slots::new(None),
+        ));
+        let run = reconcile::run(ctx, Some(self.ns.clone()), || {});
+        self.operator = Some(tokio::spawn(run));
+    }
+
+    /// Stops the operator mid-flight, as a crash would.
+    pub async fn kill_operator(&mut self) {
+        if let Some(task) = self.operator.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    pub fn migrations(&self) -> Api<SidecarMigration> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Applies a SidecarMigration as a user would (server-side apply).
+    pub async fn apply(&self, name: &str, spec: Value) -> Result<SidecarMigration, kube::Error> {
+        let obj = json!({
+            "apiVersion": "sidecar-migrator.dev/v1alpha1",
+            "kind": "SidecarMigration",
+            "metadata": { "name": name },
+            "spec": spec,
+        });
+        self.migrations()
+            .patch(
+                name,
+                &PatchParams::apply("test-user").force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+    }
+
+    /// Merges `spec` into the SidecarMigration's spec.
+    pub async fn set(&self, name: &str, spec: Value) {
+        self.migrations()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "spec": spec })),
+            )
+            .await
+            .expect("spec patch");
+    }
+
+    pub async fn wait_until(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&SidecarMigration) -> bool,
+    ) -> SidecarMigration {
+        let api = self.migrations();
+        let what = format!("SidecarMigration {}/{name}: {what}", self.ns);
+        let last = std::sync::Mutex::new(None);
+        let result = wait_for(DEADLINE, &what, async || {
+            let m = api.get_opt(name).await?;
+            if let Some(m) = &m {
+                *last.lock().expect("lock") = m.status.clone();
+            }
+            Ok(m.filter(|m| check(m)))
+        })
+        .await;
+        match result {
+            Ok(m) => m,
+            Err(e) => panic!("{e}; last status: {:#?}", last.lock().expect("lock")),
+        }
+    }
+
+    pub async fn wait_phase(&self, name: &str, phase: Phase) -> SidecarMigration {
+        self.wait_until(name, &format!("phase {phase}"), |m| {
+            m.status.as_ref().is_some_and(|s| s.phase == phase)
+        })
+        .await
+    }
+
+    pub async fn wait_rollout(&self, name: &str) -> Deployment {
+        let api = self.deployments();
+        wait_for(
+            DEADLINE,
+            &format!("Deployment {name} rolled out"),
+            async || Ok(api.get_opt(name).await?.filter(plan::rollout_complete)),
+        )
+        .await
+        .expect("rollout")
+    }
+
+    pub async fn pods(&self) -> Vec<Pod> {
+        Api::<Pod>::namespaced(self.client.clone(), &self.ns)
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=kong"))
+            .await
+            .expect("pods")
+            .items
+    }
+
+    /// Events about the SidecarMigration `name`, oldest first.
+    pub async fn events(&self, name: &str) -> Vec<Event> {
+        let mut events: Vec<Event> = Api::<Event>::namespaced(self.client.clone(), &self.ns)
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect();
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        events
+    }
+
+    pub async fn event_reasons(&self, name: &str) -> Vec<String> {
+        self.events(name)
+            .await
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    pub async fn wait_event(&self, name: &str, reason: &str) -> Event {
+        let what = format!("event {reason} about {name}");
+        let found = wait_for(DEADLINE, &what, async || {
+            Ok(self
+                .events(name)
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason)))
+        })
+        .await;
+        match found {
+            Ok(event) => event,
+            Err(e) => {
+                let status = self.migrations().get_opt(name).await.ok().flatten();
+                let message = status.and_then(|m| m.status).and_then(|s| s.message);
+                panic!(
+                    "{e}; events seen: {:?}; status message: {message:?}",
+                    self.event_reasons(name).await
+                )
+            }
+        }
+    }
+
+    pub fn downtime_ms(&self) -> u128 {
+        self.sim.downtime(&self.ns, PROXY_SERVICE).as_millis()
+    }
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        if let Some(task) = self.operator.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn condition<'a>(m: &'a SidecarMigration, type_: &str) -> (&'a str, &'a str) {
+    m.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+        .unwrap_or(("", ""))
+}
+
+pub fn containers(d: &Deployment) -> Vec<String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+pub fn env(d: &Deployment, container: &str, name: &str) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == container)?
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .map(|e| e.value.clone().unwrap_or_else(|| "<valueFrom>".into()))
+}
+
+pub fn has_sidecar(p: &Pod) -> bool {
+    p.spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().any(|c| c.name == SIDECAR))
+}
+
+pub fn is_ready(p: &Pod) -> bool {
+    plan::pod_ready(p)
+}
+
+pub fn names(pods: &[Pod]) -> Vec<String> {
+    let mut n: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+    n.sort();
+    n
+}
