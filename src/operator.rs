@@ -36,10 +36,19 @@ pub struct Probes {
 }
 
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(opts.http).await?;
+    serve_and_run(client, opts, listener).await
+}
+
+/// [`run`] on a listener already bound (tests bind port 0).
+pub async fn serve_and_run(
+    client: Client,
+    opts: Options,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let probes = Arc::new(Probes::default());
-    let listener = tokio::net::TcpListener::bind(opts.http).await?;
-    info!(addr = %opts.http, "serving /healthz, /readyz and /metrics");
+    info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
     tokio::spawn(serve(listener, probes.clone(), metrics.clone()));
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -142,9 +142,13 @@ impl Error {
     }
 }
 
+/// How often the readiness probe's watcher asks whether the cache has synced.
+const SYNC_POLL: Duration = Duration::from_millis(200);
+
 /// Runs the controller until the process is told to stop, over every
 /// namespace or, with `namespace`, over that one alone.
-/// `synced` is called once every watch has listed its objects.
+/// `synced` is called once the SidecarMigration cache has listed them all
+/// (the other watches only wake it and keep no cache).
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -161,8 +165,14 @@ pub async fn run(
     {
         let store = store.clone();
         tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                synced();
+            // The store's readiness signal wakes only its last waiter, and
+            // the Controller waits on it too: ask again until it answers.
+            loop {
+                match tokio::time::timeout(SYNC_POLL, store.wait_until_ready()).await {
+                    Ok(Ok(())) => return synced(),
+                    Ok(Err(_)) => return,
+                    Err(_) => {}
+                }
             }
         });
     }

@@ -309,7 +309,9 @@ impl ControlPlane {
         let api: Api<CustomResourceDefinition> = Api::all(client.clone());
         for entry in entries {
             let path = entry?.path();
-            if path.extension().is_none_or(|ext| ext != "yaml") {
+            if path.extension().is_none_or(|ext| ext != "yaml")
+                || path.file_name().is_some_and(|n| n == "kustomization.yaml")
+            {
                 continue;
             }
             let text = std::fs::read_to_string(&path)?;

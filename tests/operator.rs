@@ -1,0 +1,322 @@
+//! The operator process as `deploy/` runs it, on the real control plane: its
+//! own RBAC (by impersonating its ServiceAccount), leader election between
+//! two replicas, and the probes and metrics over HTTP.
+
+mod support;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
+use kube::api::Api;
+use serde_json::json;
+use sidecar_migrator::api::Phase;
+use sidecar_migrator::operator::{self, Options};
+use sidecar_migrator::reconcile;
+use sidecar_migrator::testenv::wait_for;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+
+/// Where deploy/ puts the operator, and who it runs as.
+const OPERATOR_NS: &str = "sidecar-migrator";
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:sidecar-migrator:sidecar-migrator";
+
+/// `kubectl apply -k deploy/`, once for the whole binary, as a user would.
+async fn install_deploy(case: &Case) {
+    static APPLIED: OnceCell<()> = OnceCell::const_new();
+    APPLIED
+        .get_or_init(|| async {
+            let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/");
+            let out = tokio::process::Command::from(case.cp.kubectl())
+                .args(["apply", "--server-side", "-k", deploy])
+                .output()
+                .await
+                .expect("kubectl runs");
+            assert!(
+                out.status.success(),
+                "kubectl apply -k deploy/: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+        .await;
+}
+
+/// A client that is the operator's ServiceAccount: every request it makes is
+/// authorized by deploy/rbac.yaml alone.
+async fn as_service_account(case: &Case) -> Client {
+    let mut config = case.cp.config().await.expect("config");
+    config.auth_info.impersonate = Some(SERVICE_ACCOUNT.into());
+    reconcile::client(config).expect("client")
+}
+
+struct Replica {
+    identity: String,
+    addr: std::net::SocketAddr,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    /// One operator process as deploy/operator.yaml starts it, scoped to the
+    /// test's namespace so parallel tests do not meet.
+    async fn start(case: &Case, identity: &str, lease: &str) -> Replica {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let opts = Options {
+            namespaces: vec![case.ns.clone()],
+            lease: Some((OPERATOR_NS.into(), lease.into())),
+            identity: identity.into(),
+            http: addr,
+            max_concurrent_migrations: None,
+        };
+        let client = as_service_account(case).await;
+        let task = tokio::spawn(operator::serve_and_run(client, opts, listener));
+        Replica {
+            identity: identity.into(),
+            addr,
+            task,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A plain HTTP/1.0 GET: status code and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+async fn lease_holder(case: &Case, lease: &str) -> Option<String> {
+    Api::<Lease>::namespaced(case.client.clone(), OPERATOR_NS)
+        .get_opt(lease)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+async fn wait_holder(case: &Case, lease: &str, among: &[&str]) -> String {
+    wait_for(
+        DEADLINE,
+        &format!("a holder of Lease {lease}"),
+        async || {
+            Ok(lease_holder(case, lease)
+                .await
+                .filter(|h| among.contains(&h.as_str())))
+        },
+    )
+    .await
+    .expect("lease held")
+}
+
+/// Which replicas reported events about the migration.
+async fn reporters(case: &Case, name: &str) -> Vec<String> {
+    let mut who: Vec<String> = case
+        .events(name)
+        .await
+        .into_iter()
+        .filter_map(|e| e.reporting_instance)
+        .collect();
+    who.sort();
+    who.dedup();
+    who
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_migration_needs_no_more_than_the_deploy_rbac() {
+    let case = Case::without_operator("sidecar-token-secret.yaml").await;
+    install_deploy(&case).await;
+    let lease = format!("rbac-{}", case.ns);
+    let replica = Replica::start(&case, "rbac", &lease).await;
+    case.apply(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await
+    .expect("apply");
+    case.wait_phase("kong", Phase::AwaitingApproval).await;
+    case.set("kong", json!({ "approved": true })).await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    let reasons = case.event_reasons("kong").await;
+    assert!(
+        !reasons.iter().any(|r| r == "ApiRefused"),
+        "a write was refused: {reasons:?}"
+    );
+    assert!(!replica.task.is_finished(), "the operator is still running");
+    assert_eq!(reporters(&case, "kong").await, ["rbac"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_back_needs_no_more_than_the_deploy_rbac() {
+    let case = Case::without_operator("sidecar-3-replicas-pdb.yaml").await;
+    install_deploy(&case).await;
+    let lease = format!("rbac-rollback-{}", case.ns);
+    let _replica = Replica::start(&case, "rbac", &lease).await;
+    case.apply(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "cutover": "DeleteLegacyPods" }),
+    )
+    .await
+    .expect("apply");
+    // Kong's order under a PodDisruptionBudget: orphaning ReplicaSets and
+    // evicting pods, then the rollback deletes what the migration made.
+    case.wait_event("kong", "LegacyPodEvicted").await;
+    case.set("kong", json!({ "rollback": true })).await;
+    case.wait_phase("kong", Phase::RolledBack).await;
+    let reasons = case.event_reasons("kong").await;
+    assert!(
+        !reasons.iter().any(|r| r == "ApiRefused"),
+        "a write was refused: {reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_actor_and_a_hand_over() {
+    let case = Case::without_operator("sidecar-3-replicas-pdb.yaml").await;
+    install_deploy(&case).await;
+    let lease = format!("ha-{}", case.ns);
+    let mut replicas = vec![
+        Replica::start(&case, "replica-a", &lease).await,
+        Replica::start(&case, "replica-b", &lease).await,
+    ];
+    let leader = wait_holder(&case, &lease, &["replica-a", "replica-b"]).await;
+
+    // Both are alive and ready: the standby waits for the Lease.
+    for r in &replicas {
+        let ready = wait_for(DEADLINE, "/readyz", async || {
+            Ok(Some(r.get("/readyz").await).filter(|(code, _)| *code == 200))
+        })
+        .await;
+        assert!(ready.is_ok(), "{} never turned ready", r.identity);
+        assert_eq!(r.get("/healthz").await.0, 200);
+    }
+
+    case.apply(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await
+    .expect("apply");
+    case.wait_phase("kong", Phase::AwaitingApproval).await;
+    assert_eq!(
+        reporters(&case, "kong").await,
+        std::slice::from_ref(&leader),
+        "only the leader acts"
+    );
+
+    // The leader dies without a word (no Lease release): the standby takes
+    // over once the Lease expires, and finishes the migration.
+    let index = replicas
+        .iter()
+        .position(|r| r.identity == leader)
+        .expect("leader is ours");
+    let mut dead = replicas.remove(index);
+    dead.task.abort();
+    let _ = (&mut dead.task).await;
+    let survivor = &replicas[0];
+    wait_holder(&case, &lease, &[survivor.identity.as_str()]).await;
+    case.set("kong", json!({ "approved": true })).await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    let approved_by: Vec<String> = case
+        .events("kong")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Approved"))
+        .filter_map(|e| e.reporting_instance)
+        .collect();
+    assert_eq!(approved_by, std::slice::from_ref(&survivor.identity));
+
+    // The survivor's metrics tell the story. ZeroDowntime leaves retiring
+    // the legacy pods to the Deployment's rollout: nothing evicted.
+    let (code, metrics) = survivor.get("/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "sidecar_migrator_migrations{phase=\"Succeeded\"} 1",
+        "sidecar_migrator_legacy_pods_evicted_total 0",
+        "sidecar_migrator_step_duration_seconds_count{step=\"DeletingLegacyPods\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    assert!(metrics.contains("sidecar_migrator_reconciles_total "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_watches_to_sync() {
+    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    // Without election the replica acts at once; /readyz turns 200 only
+    // after the watches have listed, which needs the API server: stop it
+    // from answering by pointing the replica at a closed port.
+    let mut config = case.cp.config().await.expect("config");
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    config.cluster_url = format!("https://127.0.0.1:{port}").parse().expect("url");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let opts = Options {
+        namespaces: vec![case.ns.clone()],
+        lease: None,
+        identity: "unready".into(),
+        http: addr,
+        max_concurrent_migrations: None,
+    };
+    let task = tokio::spawn(operator::serve_and_run(
+        reconcile::client(config).expect("client"),
+        opts,
+        listener,
+    ));
+    let health = wait_for(DEADLINE, "/healthz", async || {
+        Ok(Some(http_get(addr, "/healthz").await).filter(|(c, _)| *c == 200))
+    })
+    .await;
+    assert!(health.is_ok(), "alive even without an API server");
+    assert_eq!(http_get(addr, "/readyz").await.0, 503);
+    task.abort();
+
+    // Against the real API server it turns ready.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let opts = Options {
+        namespaces: vec![case.ns.clone()],
+        lease: None,
+        identity: "ready".into(),
+        http: addr,
+        max_concurrent_migrations: None,
+    };
+    let client = reconcile::client(case.cp.config().await.expect("config")).expect("client");
+    let task = tokio::spawn(operator::serve_and_run(client, opts, listener));
+    let ready = wait_for(DEADLINE, "/readyz", async || {
+        Ok(Some(http_get(addr, "/readyz").await).filter(|(c, _)| *c == 200))
+    })
+    .await;
+    task.abort();
+    assert!(ready.is_ok(), "ready once synced");
+}
