@@ -500,7 +500,7 @@ impl<'a> Planner<'a> {
         ));
         if let Some(owner) = gitops_owner(&proxy.metadata) {
             warnings.push(format!(
-                "Deployment {name} is managed by {owner}: commit the migrated values (kong chart: ingressController.enabled: false, admin.enabled: true, admin.type: ClusterIP, admin.clusterIP: None, and a controller release with ingressController.gatewayDiscovery.enabled: true and adminApiService.name: {}) or {owner} will put the sidecar back",
+                "Deployment {name} is managed by {owner}: commit the migrated values (kong chart: ingressController.enabled: false, admin.enabled: true, admin.type: ClusterIP, admin.clusterIP: None; and a controller release of the chart with deployment.kong.enabled: false, ingressController.enabled: true, ingressController.gatewayDiscovery.enabled: true, ingressController.gatewayDiscovery.adminApiService.name: {}) or {owner} will put the sidecar back",
                 spec.admin_service_name()
             ));
         }

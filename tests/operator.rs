@@ -45,8 +45,12 @@ async fn install_deploy(case: &Case) {
 /// A client that is the operator's ServiceAccount: every request it makes is
 /// authorized by deploy/rbac.yaml alone.
 async fn as_service_account(case: &Case) -> Client {
+    as_user(case, SERVICE_ACCOUNT).await
+}
+
+async fn as_user(case: &Case, user: &str) -> Client {
     let mut config = case.cp.config().await.expect("config");
-    config.auth_info.impersonate = Some(SERVICE_ACCOUNT.into());
+    config.auth_info.impersonate = Some(user.into());
     reconcile::client(config).expect("client")
 }
 
@@ -319,4 +323,51 @@ async fn readyz_waits_for_the_watches_to_sync() {
     .await;
     task.abort();
     assert!(ready.is_ok(), "ready once synced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_scoped_operator_needs_only_a_rolebinding_there() {
+    // deploy/components/namespaced: the ClusterRole bound by a RoleBinding in
+    // the watched namespace, no ClusterRoleBinding. Here for a user of its
+    // own, so the cluster-wide binding of deploy/ cannot help.
+    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    install_deploy(&case).await;
+    let user = format!("system:serviceaccount:{}:scoped-migrator", case.ns);
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "sidecar-migrator", "namespace": case.ns },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "sidecar-migrator",
+        },
+        "subjects": [{ "kind": "ServiceAccount", "name": "scoped-migrator", "namespace": case.ns }],
+    }))
+    .expect("binding");
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(case.client.clone(), &case.ns)
+        .create(&Default::default(), &binding)
+        .await
+        .expect("rolebinding");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let opts = Options {
+        namespaces: vec![case.ns.clone()],
+        lease: None,
+        identity: "scoped".into(),
+        http: listener.local_addr().expect("addr"),
+        max_concurrent_migrations: None,
+    };
+    let task = tokio::spawn(operator::serve_and_run(
+        as_user(&case, &user).await,
+        opts,
+        listener,
+    ));
+    case.apply("kong", json!({ "proxyDeployment": PROXY }))
+        .await
+        .expect("apply");
+    case.wait_phase("kong", Phase::Succeeded).await;
+    task.abort();
+    let reasons = case.event_reasons("kong").await;
+    assert!(
+        !reasons.iter().any(|r| r == "ApiRefused"),
+        "a write was refused: {reasons:?}"
+    );
 }
