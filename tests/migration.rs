@@ -49,9 +49,8 @@ async fn assert_migrated(case: &Case, replicas: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_downtime_migration_of_one_replica() {
     let case = Case::new("sidecar-1-replica.yaml").await;
-    case.apply("kong", json!({ "proxyDeployment": PROXY }))
-        .await
-        .expect("apply");
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
     let m = case.wait_phase("kong", Phase::Succeeded).await;
     assert_eq!(condition(&m, "Ready"), ("True", "Succeeded"));
     assert_eq!(condition(&m, "Stalled").0, "False");
@@ -93,9 +92,8 @@ async fn zero_downtime_migration_of_one_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_downtime_migration_of_three_replicas_under_a_pdb() {
     let case = Case::new("sidecar-3-replicas-pdb.yaml").await;
-    case.apply("kong", json!({ "proxyDeployment": PROXY }))
-        .await
-        .expect("apply");
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
     case.wait_phase("kong", Phase::Succeeded).await;
     assert_migrated(&case, 3).await;
     assert_eq!(case.downtime_ms(), 0);
@@ -111,9 +109,8 @@ async fn zero_downtime_migration_of_three_replicas_under_a_pdb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_token_stays_a_secret_reference() {
     let case = Case::new("sidecar-token-secret.yaml").await;
-    case.apply("kong", json!({ "proxyDeployment": PROXY }))
-        .await
-        .expect("apply");
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
     let m = case.wait_phase("kong", Phase::Succeeded).await;
     let controller = case
         .deployments()
@@ -154,9 +151,8 @@ async fn admin_token_stays_a_secret_reference() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_mode_migrates_and_is_noted() {
     let case = Case::new("sidecar-db-postgres.yaml").await;
-    case.apply("kong", json!({ "proxyDeployment": PROXY }))
-        .await
-        .expect("apply");
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
     let m = case.wait_phase("kong", Phase::Succeeded).await;
     assert_eq!(
         m.status.and_then(|s| s.database).as_deref(),
@@ -168,12 +164,11 @@ async fn db_mode_migrates_and_is_noted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kong_documented_order_evicts_and_reports_its_downtime() {
     let case = Case::new("sidecar-1-replica.yaml").await;
-    case.apply(
+    case.start(
         "kong",
         json!({ "proxyDeployment": PROXY, "cutover": "DeleteLegacyPods" }),
     )
-    .await
-    .expect("apply");
+    .await;
     case.wait_phase("kong", Phase::Succeeded).await;
     assert_migrated(&case, 1).await;
     case.wait_event("kong", "LegacyPodEvicted").await;
@@ -194,12 +189,11 @@ async fn kong_documented_order_evicts_and_reports_its_downtime() {
 async fn manual_approval_touches_no_legacy_pod_until_approved() {
     let case = Case::new("sidecar-3-replicas-pdb.yaml").await;
     let legacy: Vec<_> = case.pods().await.iter().map(|p| p.uid()).collect();
-    case.apply(
+    case.start(
         "kong",
         json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
     )
-    .await
-    .expect("apply");
+    .await;
     let m = case.wait_phase("kong", Phase::AwaitingApproval).await;
     assert_eq!(condition(&m, "Ready"), ("False", "AwaitingApproval"));
     assert_eq!(m.status.as_ref().map(|s| s.legacy_pods.len()), Some(3));
@@ -232,9 +226,8 @@ async fn manual_approval_touches_no_legacy_pod_until_approved() {
 async fn pause_stops_and_resume_finishes() {
     let case = Case::new("sidecar-1-replica.yaml").await;
     let before = case.deployments().get(PROXY).await.expect("proxy");
-    case.apply("kong", json!({ "proxyDeployment": PROXY, "paused": true }))
-        .await
-        .expect("apply");
+    case.start("kong", json!({ "proxyDeployment": PROXY, "paused": true }))
+        .await;
     let m = case.wait_phase("kong", Phase::Paused).await;
     assert_eq!(condition(&m, "Ready"), ("False", "Paused"));
     let after = case.deployments().get(PROXY).await.expect("proxy");
@@ -257,9 +250,8 @@ async fn pause_stops_and_resume_finishes() {
 async fn dry_run_plans_every_change_and_makes_none() {
     let case = Case::new("sidecar-1-replica.yaml").await;
     let before = case.deployments().get(PROXY).await.expect("proxy");
-    case.apply("kong", json!({ "proxyDeployment": PROXY, "dryRun": true }))
-        .await
-        .expect("apply");
+    case.start("kong", json!({ "proxyDeployment": PROXY, "dryRun": true }))
+        .await;
     let m = case
         .wait_until("kong", "a dry-run plan", |m| {
             m.status.as_ref().is_some_and(|s| !s.plan.is_empty())
@@ -327,18 +319,22 @@ async fn assert_rolled_back(case: &Case, replicas: usize) {
         .expect("the proxy serves");
 }
 
+/// Asks for a rollback as a user would and waits for it to finish.
+async fn roll_back(case: &Case) -> sidecar_migrator::api::SidecarMigration {
+    case.set("kong", json!({ "rollback": true })).await;
+    case.wait_phase("kong", Phase::RolledBack).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_on_request_while_awaiting_approval() {
     let case = Case::new("sidecar-1-replica.yaml").await;
-    case.apply(
+    case.start(
         "kong",
         json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
     )
-    .await
-    .expect("apply");
+    .await;
     case.wait_phase("kong", Phase::AwaitingApproval).await;
-    case.set("kong", json!({ "rollback": true })).await;
-    let m = case.wait_phase("kong", Phase::RolledBack).await;
+    let m = roll_back(&case).await;
     assert_eq!(condition(&m, "Ready"), ("True", "RolledBack"));
     assert_rolled_back(&case, 1).await;
     assert_eq!(
@@ -355,15 +351,10 @@ async fn rollback_on_request_while_awaiting_approval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_on_request_while_waiting_for_the_admin_service() {
     let case = Case::new("sidecar-1-replica.yaml").await;
-    case.apply(
-        "kong",
-        json!({ "proxyDeployment": PROXY, "controller": { "image": "kong/kubernetes-ingress-controller:3.4-invalid" } }),
-    )
-    .await
-    .expect("apply");
+    case.start("kong",
+        json!({ "proxyDeployment": PROXY, "controller": { "image": "kong/kubernetes-ingress-controller:3.4-invalid" } })).await;
     case.wait_phase("kong", Phase::WaitingForAdminService).await;
-    case.set("kong", json!({ "rollback": true })).await;
-    case.wait_phase("kong", Phase::RolledBack).await;
+    roll_back(&case).await;
     assert_rolled_back(&case, 1).await;
     assert_eq!(case.downtime_ms(), 0);
 }
@@ -373,23 +364,21 @@ async fn rollback_on_request_while_evictions_are_blocked() {
     // Kong's order with a PodDisruptionBudget cannot proceed without breaking
     // the budget: the eviction is refused, and the user rolls back.
     let case = Case::new("sidecar-3-replicas-pdb.yaml").await;
-    case.apply(
+    case.start(
         "kong",
         json!({ "proxyDeployment": PROXY, "cutover": "DeleteLegacyPods" }),
     )
-    .await
-    .expect("apply");
+    .await;
     case.wait_phase("kong", Phase::DeletingLegacyPods).await;
     case.wait_event("kong", "EvictionBlocked").await;
-    case.set("kong", json!({ "rollback": true })).await;
-    case.wait_phase("kong", Phase::RolledBack).await;
+    roll_back(&case).await;
     assert_rolled_back(&case, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_timeout_rolls_back_by_itself() {
     let case = Case::new("sidecar-1-replica.yaml").await;
-    case.apply(
+    case.start(
         "kong",
         json!({
             "proxyDeployment": PROXY,
@@ -397,8 +386,7 @@ async fn a_step_timeout_rolls_back_by_itself() {
             "controller": { "image": "kong/kubernetes-ingress-controller:invalid-3.4" },
         }),
     )
-    .await
-    .expect("apply");
+    .await;
     let m = case.wait_phase("kong", Phase::RolledBack).await;
     assert_eq!(condition(&m, "Ready").0, "False");
     assert_eq!(condition(&m, "Stalled"), ("True", "RolledBack"));
@@ -410,52 +398,31 @@ async fn a_step_timeout_rolls_back_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_unfinished_migration_rolls_it_back() {
     let case = Case::new("sidecar-1-replica.yaml").await;
-    case.apply(
+    case.start(
         "kong",
         json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
     )
-    .await
-    .expect("apply");
+    .await;
     case.wait_phase("kong", Phase::AwaitingApproval).await;
-    case.migrations()
-        .delete("kong", &DeleteParams::default())
-        .await
-        .expect("delete");
-    let api = case.migrations();
-    sidecar_migrator::testenv::wait_for(DEADLINE, "the SidecarMigration to be gone", async || {
-        Ok(api.get_opt("kong").await?.is_none().then_some(()))
-    })
-    .await
-    .expect("finalizer removed after rollback");
+    case.delete_and_wait_gone("kong").await;
     assert_rolled_back(&case, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_succeeded_migration_leaves_the_installation_alone() {
     let case = Case::new("sidecar-1-replica.yaml").await;
-    case.apply("kong", json!({ "proxyDeployment": PROXY }))
-        .await
-        .expect("apply");
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
     case.wait_phase("kong", Phase::Succeeded).await;
-    case.migrations()
-        .delete("kong", &DeleteParams::default())
-        .await
-        .expect("delete");
-    let api = case.migrations();
-    sidecar_migrator::testenv::wait_for(DEADLINE, "the SidecarMigration to be gone", async || {
-        Ok(api.get_opt("kong").await?.is_none().then_some(()))
-    })
-    .await
-    .expect("deleted");
+    case.delete_and_wait_gone("kong").await;
     assert_migrated(&case, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_restart_mid_migration_finishes_it_once() {
     let mut case = Case::new("sidecar-3-replicas-pdb.yaml").await;
-    case.apply("kong", json!({ "proxyDeployment": PROXY }))
-        .await
-        .expect("apply");
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
     case.wait_phase("kong", Phase::DeployingController).await;
     case.kill_operator().await;
     case.start_operator();
@@ -480,12 +447,11 @@ async fn an_operator_restart_mid_migration_finishes_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_edited_mid_migration_is_reported_not_overwritten() {
     let case = Case::new("sidecar-1-replica.yaml").await;
-    case.apply(
+    case.start(
         "kong",
         json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
     )
-    .await
-    .expect("apply");
+    .await;
     let m = case.wait_phase("kong", Phase::AwaitingApproval).await;
     // Helm (say) puts the sidecar back.
     let sidecar: serde_json::Value = m
@@ -531,8 +497,7 @@ async fn a_deployment_edited_mid_migration_is_reported_not_overwritten() {
         "the operator did not overwrite the edit"
     );
     // Rolling back from drift restores the rest.
-    case.set("kong", json!({ "rollback": true })).await;
-    case.wait_phase("kong", Phase::RolledBack).await;
+    roll_back(&case).await;
     assert_rolled_back(&case, 1).await;
 }
 
@@ -542,9 +507,8 @@ async fn bad_input_gets_a_condition_and_an_event_and_changes_nothing() {
     let before = case.deployments().get(PROXY).await.expect("proxy");
 
     // A Deployment that does not exist.
-    case.apply("missing", json!({ "proxyDeployment": "nope" }))
-        .await
-        .expect("apply");
+    case.start("missing", json!({ "proxyDeployment": "nope" }))
+        .await;
     let m = case.wait_phase("missing", Phase::Failed).await;
     assert_eq!(
         condition(&m, "Stalled"),
@@ -570,12 +534,11 @@ async fn bad_input_gets_a_condition_and_an_event_and_changes_nothing() {
         .create(&Default::default(), &squatter)
         .await
         .expect("squatter");
-    case.apply(
+    case.start(
         "taken",
         json!({ "proxyDeployment": PROXY, "controller": { "name": "taken" }, "dryRun": true }),
     )
-    .await
-    .expect("apply");
+    .await;
     let m = case.wait_phase("taken", Phase::Failed).await;
     assert_eq!(condition(&m, "Stalled").1, "ControllerNameTaken");
     case.wait_event("taken", "ControllerNameTaken").await;
@@ -585,16 +548,14 @@ async fn bad_input_gets_a_condition_and_an_event_and_changes_nothing() {
         .expect("delete");
 
     // A second migration of the same Deployment (the first waits for approval).
-    case.apply(
+    case.start(
         "first",
         json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
     )
-    .await
-    .expect("apply");
+    .await;
     case.wait_phase("first", Phase::AwaitingApproval).await;
-    case.apply("second", json!({ "proxyDeployment": PROXY }))
-        .await
-        .expect("apply");
+    case.start("second", json!({ "proxyDeployment": PROXY }))
+        .await;
     let m = case.wait_phase("second", Phase::Failed).await;
     assert_eq!(condition(&m, "Stalled").1, "DuplicateMigration");
     let message = m.status.and_then(|s| s.message).unwrap_or_default();
@@ -612,12 +573,8 @@ async fn bad_input_gets_a_condition_and_an_event_and_changes_nothing() {
 async fn a_controller_older_than_2_11_is_refused() {
     let case = Case::new("sidecar-1-replica.yaml").await;
     // KIC older than 2.11.
-    case.apply(
-        "old",
-        json!({ "proxyDeployment": PROXY, "controller": { "image": "kong/kubernetes-ingress-controller:2.10.4" } }),
-    )
-    .await
-    .expect("apply");
+    case.start("old",
+        json!({ "proxyDeployment": PROXY, "controller": { "image": "kong/kubernetes-ingress-controller:2.10.4" } })).await;
     let m = case.wait_phase("old", Phase::Failed).await;
     assert_eq!(condition(&m, "Stalled").1, "UnsupportedControllerVersion");
     assert!(
@@ -638,13 +595,11 @@ async fn a_controller_older_than_2_11_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_without_the_sidecar_is_already_migrated() {
     let case = Case::new("sidecar-1-replica.yaml").await;
-    case.apply("kong", json!({ "proxyDeployment": PROXY }))
-        .await
-        .expect("apply");
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
     case.wait_phase("kong", Phase::Succeeded).await;
-    case.apply("again", json!({ "proxyDeployment": PROXY }))
-        .await
-        .expect("apply");
+    case.start("again", json!({ "proxyDeployment": PROXY }))
+        .await;
     let m = case.wait_phase("again", Phase::Succeeded).await;
     assert!(
         m.status

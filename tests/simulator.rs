@@ -14,6 +14,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use sidecar_migrator::plan::pod_ready;
 use sidecar_migrator::testenv::{self, ControlPlane, NodeSimulator, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -83,14 +84,6 @@ impl Env {
         .await
         .expect(what)
     }
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-    conditions
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 fn restarts(pod: &Pod) -> i32 {
@@ -206,7 +199,7 @@ async fn the_discovery_controller_crash_loops_while_the_sidecar_pod_is_listed() 
     env.wait_pod(
         "app=kong-controller",
         "the controller restarting twice",
-        |p| restarts(p) >= 2 && !is_ready(p),
+        |p| restarts(p) >= 2 && !pod_ready(p),
     )
     .await;
     let gateway = env
@@ -215,7 +208,7 @@ async fn the_discovery_controller_crash_loops_while_the_sidecar_pod_is_listed() 
         })
         .await;
     assert!(
-        !is_ready(&gateway),
+        !pod_ready(&gateway),
         "no controller configured the gateway pod, yet it is Ready"
     );
 
@@ -227,13 +220,13 @@ async fn the_discovery_controller_crash_loops_while_the_sidecar_pod_is_listed() 
     env.wait_pod(
         "app=kong-controller",
         "the controller Ready once the sidecar pod is gone",
-        is_ready,
+        pod_ready,
     )
     .await;
     env.wait_pod(
         "topology=gateway-discovery",
         "the gateway pod Ready once configured",
-        is_ready,
+        pod_ready,
     )
     .await;
     env.sim
@@ -251,7 +244,7 @@ async fn a_template_change_rolls_the_deployment_out() {
     let env = setup("rollout").await;
     env.install("sidecar-1-replica.yaml").await;
     let old_pod = env
-        .wait_pod("app=kong-kong", "the sidecar pod Ready", is_ready)
+        .wait_pod("app=kong-kong", "the sidecar pod Ready", pod_ready)
         .await;
     let replica_sets: Api<ReplicaSet> = Api::namespaced(env.client.clone(), &env.ns);
     let old_rs = wait_for(TIMEOUT, "the first ReplicaSet", async || {
@@ -290,7 +283,7 @@ async fn a_template_change_rolls_the_deployment_out() {
         let [new_pod] = pods.as_slice() else {
             return Ok(None);
         };
-        if !(old_scaled_down && new_rs && new_pod.uid() != old_pod.uid() && is_ready(new_pod)) {
+        if !(old_scaled_down && new_rs && new_pod.uid() != old_pod.uid() && pod_ready(new_pod)) {
             return Ok(None);
         }
         let endpoints = slices
@@ -361,7 +354,7 @@ async fn an_unpullable_image_never_turns_ready() {
             waiting_reasons(p).contains(&"ErrImagePull".to_string())
         })
         .await;
-    assert!(!is_ready(&pod));
+    assert!(!pod_ready(&pod));
     assert_eq!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Pending")
@@ -372,10 +365,10 @@ async fn an_unpullable_image_never_turns_ready() {
     let fine = json!([{ "name": "app", "image": "busybox:1.36" }]);
     env.apply::<Deployment>(deployment("fine", json!({ "app": "fine" }), fine))
         .await;
-    env.wait_pod("app=fine", "the later pod Ready", is_ready)
+    env.wait_pod("app=fine", "the later pod Ready", pod_ready)
         .await;
     let pod = env.wait_pod("app=broken", "the broken pod", |_| true).await;
-    assert!(!is_ready(&pod) && waiting_reasons(&pod) == ["ErrImagePull"]);
+    assert!(!pod_ready(&pod) && waiting_reasons(&pod) == ["ErrImagePull"]);
 }
 
 #[tokio::test]

@@ -194,19 +194,17 @@ fn has_event(p: &Plan, reason: &str) -> bool {
     p.events.iter().any(|e| e.reason == reason)
 }
 
+fn without_container(mut d: Deployment, name: &str) -> Deployment {
+    if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pod.containers.retain(|c| c.name != name);
+    }
+    d
+}
+
 #[test]
 fn bad_input_is_reported_and_changes_nothing() {
     let kic = "kong/kubernetes-ingress-controller:3.4.1";
-    let no_proxy_container = {
-        let mut d = sidecar_deployment(kic);
-        let pod = d
-            .spec
-            .as_mut()
-            .and_then(|s| s.template.spec.as_mut())
-            .expect("pod spec");
-        pod.containers.retain(|c| c.name != "proxy");
-        d
-    };
+    let no_proxy_container = without_container(sidecar_deployment(kic), "proxy");
     let foreign_controller: Deployment = serde_json::from_value(
         json!({ "metadata": { "name": "kong-kong-controller", "namespace": NS } }),
     )
@@ -218,16 +216,7 @@ fn bad_input_is_reported_and_changes_nothing() {
         original: Some(Original::default()),
         ..Default::default()
     });
-    let without_sidecar = {
-        let mut d = sidecar_deployment(kic);
-        let pod = d
-            .spec
-            .as_mut()
-            .and_then(|s| s.template.spec.as_mut())
-            .expect("pod spec");
-        pod.containers.retain(|c| c.name != "ingress-controller");
-        d
-    };
+    let without_sidecar = without_container(sidecar_deployment(kic), "ingress-controller");
     let cases: Vec<(&str, Observed, &str)> = vec![
         (
             "missing deployment",

@@ -391,7 +391,8 @@ impl Kubelet {
                 continue;
             };
             let ready = !image_pull_fails(pod)
-                && (is_ready(pod) || admin.as_ref().is_some_and(|a| world.discovery_succeeds(a)));
+                && (crate::plan::pod_ready(pod)
+                    || admin.as_ref().is_some_and(|a| world.discovery_succeeds(a)));
             let mut restarted = None;
             if ready {
                 ready_admin_services.extend(admin);
@@ -420,7 +421,7 @@ impl Kubelet {
                 Role::Gateway {
                     self_configured: false,
                 } => {
-                    is_ready(pod)
+                    crate::plan::pod_ready(pod)
                         || ready_admin_services
                             .iter()
                             .any(|a| world.configures(a, pod))
@@ -465,7 +466,7 @@ impl Kubelet {
 
     /// No kubelet confirms that the containers stopped, so the simulator does.
     async fn finish_deletion(&self, pod: &Pod) {
-        if is_ready(pod)
+        if crate::plan::pod_ready(pod)
             && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
         {
             self.write_status(pod, desired_status(pod, ip, false, None))
@@ -699,14 +700,6 @@ fn unpullable(container: &Container) -> bool {
         .image
         .as_deref()
         .is_some_and(|i| i.contains(UNPULLABLE))
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-    conditions
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// Whether KIC could reach the pod's Admin API at `https://<podIP>:<port>`.

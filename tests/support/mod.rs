@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sidecar_migrator::api::{Phase, SidecarMigration};
@@ -123,6 +123,13 @@ impl Case {
             .await
     }
 
+    /// [`Case::apply`] that must be accepted.
+    pub async fn start(&self, name: &str, spec: Value) {
+        self.apply(name, spec)
+            .await
+            .expect("the API server accepts it");
+    }
+
     /// Merges `spec` into the SidecarMigration's spec.
     pub async fn set(&self, name: &str, spec: Value) {
         self.migrations()
@@ -227,6 +234,30 @@ impl Case {
                 )
             }
         }
+    }
+
+    /// Deletes the SidecarMigration and waits until its finalizer let it go.
+    pub async fn delete_and_wait_gone(&self, name: &str) {
+        let api = self.migrations();
+        api.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        wait_for(
+            DEADLINE,
+            &format!("SidecarMigration {name} to be gone"),
+            async || Ok(api.get_opt(name).await?.is_none().then_some(())),
+        )
+        .await
+        .expect("finalizer removed");
+    }
+
+    /// Fails if the API server refused any of the operator's writes.
+    pub async fn assert_nothing_refused(&self, name: &str) {
+        let reasons = self.event_reasons(name).await;
+        assert!(
+            !reasons.iter().any(|r| r == "ApiRefused"),
+            "a write was refused: {reasons:?}"
+        );
     }
 
     pub fn downtime_ms(&self) -> u128 {
