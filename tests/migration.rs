@@ -423,10 +423,12 @@ async fn an_operator_restart_mid_migration_finishes_it_once() {
     let mut case = Case::new("sidecar-3-replicas-pdb.yaml").await;
     case.start("kong", json!({ "proxyDeployment": PROXY }))
         .await;
-    case.wait_phase("kong", Phase::DeployingController).await;
+    case.wait_step_started("kong", Phase::DeployingController)
+        .await;
     case.kill_operator().await;
     case.start_operator();
-    case.wait_phase("kong", Phase::WaitingForAdminService).await;
+    case.wait_step_started("kong", Phase::WaitingForAdminService)
+        .await;
     case.kill_operator().await;
     case.start_operator();
     case.wait_phase("kong", Phase::Succeeded).await;

@@ -13,7 +13,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use sidecar_migrator::api::{Phase, SidecarMigration};
+use sidecar_migrator::api::{Phase, SidecarMigration, StepState};
 use sidecar_migrator::metrics::Metrics;
 use sidecar_migrator::plan;
 use sidecar_migrator::reconcile::{self, Context, Slots};
@@ -168,6 +168,19 @@ impl Case {
     pub async fn wait_phase(&self, name: &str, phase: Phase) -> SidecarMigration {
         self.wait_until(name, &format!("phase {phase}"), |m| {
             m.status.as_ref().is_some_and(|s| s.phase == phase)
+        })
+        .await
+    }
+
+    /// Waits until the migration has entered `step` (it may be past it: a
+    /// short step can end between two polls).
+    pub async fn wait_step_started(&self, name: &str, step: Phase) -> SidecarMigration {
+        self.wait_until(name, &format!("step {step} started"), |m| {
+            m.status.as_ref().is_some_and(|s| {
+                s.steps
+                    .iter()
+                    .any(|st| st.name == step && st.state != StepState::Pending)
+            })
         })
         .await
     }
