@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, Slots};
 use crate::testenv::{self, ControlPlane, NodeSimulator};
 
-const EXAMPLE: &str = include_str!("../examples/sidecarmigration.yaml");
+pub(crate) const EXAMPLE: &str = include_str!("../examples/sidecarmigration.yaml");
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -157,7 +157,7 @@ async fn install_crd(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_rollout(
+pub(crate) async fn wait_rollout(
     client: &Client,
     ns: &str,
     name: &str,

@@ -3,6 +3,8 @@
 
 pub mod api;
 #[cfg(feature = "testenv")]
+pub mod bench;
+#[cfg(feature = "testenv")]
 pub mod demo;
 pub mod kong;
 pub mod metrics;

@@ -24,6 +24,10 @@ enum Command {
     /// on a local control plane with simulated nodes unless --kubeconfig.
     #[cfg(feature = "testenv")]
     Demo(sidecar_migrator::demo::DemoArgs),
+    /// Measure migrations on the local control plane (downtime per cutover,
+    /// time to Succeeded, API requests) and print a Markdown table.
+    #[cfg(feature = "testenv")]
+    Bench(sidecar_migrator::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -53,7 +57,9 @@ async fn main() -> anyhow::Result<()> {
         // The demo prints its own progress; the control plane's start-up
         // probes would drown it.
         #[cfg(feature = "testenv")]
-        Command::Demo(_) => "warn,kube_client=off,sidecar_migrator::testenv=error",
+        Command::Demo(_) | Command::Bench(_) => {
+            "warn,kube_client=off,sidecar_migrator::testenv=error"
+        }
         _ => "info,kube=warn",
     };
     init_logging(cli.log_json, default_filter);
@@ -61,6 +67,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Crd => print!("{}", api::crd_yaml()?),
         #[cfg(feature = "testenv")]
         Command::Demo(args) => sidecar_migrator::demo::run(args).await?,
+        #[cfg(feature = "testenv")]
+        Command::Bench(args) => sidecar_migrator::bench::run(args).await?,
         Command::Run(args) => {
             let lease = match args.leader_election_lease {
                 Some(l) => {
