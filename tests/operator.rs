@@ -355,3 +355,42 @@ async fn a_namespace_scoped_operator_needs_only_a_rolebinding_there() {
     task.abort();
     case.assert_nothing_refused("kong").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_concurrent_migrations_the_rest_wait_in_pending() {
+    let first = Case::without_operator("sidecar-1-replica.yaml").await;
+    let second = Case::without_operator("sidecar-1-replica.yaml").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let opts = Options {
+        namespaces: vec![first.ns.clone(), second.ns.clone()],
+        lease: None,
+        identity: "limited".into(),
+        http: listener.local_addr().expect("addr"),
+        max_concurrent_migrations: Some(1),
+    };
+    let client = reconcile::client(first.cp.config().await.expect("config")).expect("client");
+    let task = tokio::spawn(operator::serve_and_run(client, opts, listener));
+    first
+        .start(
+            "kong",
+            json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+        )
+        .await;
+    first.wait_phase("kong", Phase::AwaitingApproval).await;
+    second
+        .start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    let waiting = second
+        .wait_until("kong", "WaitingForSlot", |m| {
+            condition(m, "Ready") == ("False", "WaitingForSlot")
+        })
+        .await;
+    assert_eq!(waiting.status.map(|s| s.phase), Some(Phase::Pending));
+    let untouched = second.deployments().get(PROXY).await.expect("proxy");
+    assert_eq!(containers(&untouched), [SIDECAR, "proxy"], "not started");
+    // The slot frees when the first one finishes.
+    first.set("kong", json!({ "approved": true })).await;
+    first.wait_phase("kong", Phase::Succeeded).await;
+    second.wait_phase("kong", Phase::Succeeded).await;
+    task.abort();
+}
