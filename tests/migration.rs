@@ -11,41 +11,6 @@ use serde_json::json;
 use sidecar_migrator::api::{DISCOVERY_LABEL, Phase};
 use support::*;
 
-/// After a migration: no sidecar, a Gateway Discovery controller, every pod
-/// Ready and the proxy serving.
-async fn assert_migrated(case: &Case, replicas: usize) {
-    let proxy = case.wait_rollout(PROXY).await;
-    assert_eq!(containers(&proxy), vec!["proxy"]);
-    assert_eq!(
-        env(&proxy, "proxy", "KONG_ADMIN_LISTEN").as_deref(),
-        Some("0.0.0.0:8444 http2 ssl, [::]:8444 http2 ssl")
-    );
-    assert_eq!(env(&proxy, "proxy", "KONG_KIC"), None);
-    let controller = case.wait_rollout(CONTROLLER).await;
-    assert_eq!(
-        env(&controller, SIDECAR, "CONTROLLER_KONG_ADMIN_SVC"),
-        Some(format!("{}/kong-kong-admin", case.ns))
-    );
-    assert_eq!(env(&controller, SIDECAR, "CONTROLLER_KONG_ADMIN_URL"), None);
-    let pods = case.pods().await;
-    assert_eq!(pods.len(), replicas, "{:?}", names(&pods));
-    assert!(
-        pods.iter().all(|p| !has_sidecar(p) && is_ready(p)),
-        "{:?}",
-        names(&pods)
-    );
-    // EndpointSlices follow pod deletions a moment later.
-    case.sim
-        .wait_ready_endpoints(&case.ns, PROXY_SERVICE, replicas, DEADLINE)
-        .await
-        .expect("the proxy Service lists exactly the new pods");
-    assert!(proxy.metadata.owner_references.is_none());
-    assert!(
-        controller.metadata.owner_references.is_none(),
-        "outlives the CR"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_downtime_migration_of_one_replica() {
     let case = Case::new("sidecar-1-replica.yaml").await;
@@ -280,43 +245,6 @@ async fn dry_run_plans_every_change_and_makes_none() {
     // Leaving dry run carries it out.
     case.set("kong", json!({ "dryRun": false })).await;
     case.wait_phase("kong", Phase::Succeeded).await;
-}
-
-/// The installation is back to the chart's sidecar rendering and serves.
-async fn assert_rolled_back(case: &Case, replicas: usize) {
-    let proxy = case.wait_rollout(PROXY).await;
-    assert_eq!(containers(&proxy), vec![SIDECAR, "proxy"]);
-    assert_eq!(
-        env(&proxy, "proxy", "KONG_ADMIN_LISTEN").as_deref(),
-        Some("127.0.0.1:8444 http2 ssl, [::1]:8444 http2 ssl")
-    );
-    assert_eq!(env(&proxy, "proxy", "KONG_KIC").as_deref(), Some("on"));
-    let labels = proxy
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
-    assert!(!labels.contains_key(DISCOVERY_LABEL));
-    assert!(
-        case.deployments()
-            .get_opt(CONTROLLER)
-            .await
-            .expect("get")
-            .is_none()
-    );
-    let admin = Api::<Service>::namespaced(case.client.clone(), &case.ns)
-        .get_opt("kong-kong-admin")
-        .await
-        .expect("get");
-    assert!(admin.is_none(), "the admin Service it created is gone");
-    let pods = case.pods().await;
-    assert_eq!(pods.len(), replicas);
-    assert!(pods.iter().all(|p| has_sidecar(p) && is_ready(p)));
-    case.sim
-        .wait_ready_endpoints(&case.ns, PROXY_SERVICE, replicas, DEADLINE)
-        .await
-        .expect("the proxy serves");
 }
 
 /// Asks for a rollback as a user would and waits for it to finish.
