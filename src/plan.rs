@@ -12,7 +12,9 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    Condition, LabelSelector, ManagedFieldsEntry, ObjectMeta, Time,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -804,16 +806,18 @@ impl<'a> Planner<'a> {
                 "Deployment {} was deleted during the migration: re-create it or set spec.rollback: true",
                 self.spec.proxy_deployment
             ),
-            Some(proxy) => {
-                let drift = template_drift(proxy, self.spec)?;
-                let who = last_other_manager(&proxy.metadata)
-                    .map(|m| format!(" by {m:?}"))
-                    .unwrap_or_default();
-                format!(
-                    "Deployment {} was changed{who} during the migration ({drift}); the operator does not overwrite it: revert that change or set spec.rollback: true",
-                    self.spec.proxy_deployment
-                )
-            }
+            Some(proxy) => match template_drift(proxy, self.spec) {
+                Some(drift) => {
+                    let who = last_other_manager(&proxy.metadata)
+                        .map(|m| format!(" by {m:?}"))
+                        .unwrap_or_default();
+                    format!(
+                        "Deployment {} was changed{who} during the migration ({drift}); the operator does not overwrite it: revert that change or set spec.rollback: true",
+                        self.spec.proxy_deployment
+                    )
+                }
+                None => self.admin_service_drift(proxy)?,
+            },
         };
         if self.status.message.as_deref() != Some(&message) {
             self.events.push(Event {
@@ -831,6 +835,35 @@ impl<'a> Planner<'a> {
             reason: "DriftDetected".into(),
             message,
         })
+    }
+
+    /// While legacy pods run, the admin Service must select only the new
+    /// ones: someone else widening it (a chart's own admin Service applied
+    /// again, say) would make the controller crash-loop.
+    fn admin_service_drift(&self, proxy: &Deployment) -> Option<String> {
+        let live = self.obs.admin_service.as_ref()?;
+        let legacy_left = self
+            .obs
+            .pods
+            .iter()
+            .any(|p| has_container(p, self.spec.controller_container()));
+        if self.spec.cutover != Cutover::ZeroDowntime || !legacy_left {
+            return None;
+        }
+        if last_spec_writer(&live.metadata).as_deref() == Some(FIELD_MANAGER) {
+            return None;
+        }
+        let want = admin_service(self.scm, proxy, true);
+        if service_matches(Some(live), &want) {
+            return None;
+        }
+        let who = last_other_manager(&live.metadata)
+            .map(|m| format!(" by {m:?}"))
+            .unwrap_or_default();
+        Some(format!(
+            "Service {} was changed{who} during the migration (its selector or ports no longer pick only the new gateway pods); the operator does not overwrite it: revert that change or set spec.rollback: true",
+            live.name_any()
+        ))
     }
 
     fn time_left(&self, i: usize) -> Duration {
@@ -1366,20 +1399,31 @@ pub fn gitops_owner(meta: &ObjectMeta) -> Option<String> {
     None
 }
 
-/// The most recent writer of an object's spec other than this operator.
-/// Status and annotation writers (kube-controller-manager stamps the
-/// revision) are not the ones who changed the template.
-fn last_other_manager(meta: &ObjectMeta) -> Option<String> {
+/// Who wrote an object's spec, and when. Status and annotation writers
+/// (kube-controller-manager stamps the revision) did not change the spec.
+fn spec_writers(meta: &ObjectMeta) -> impl Iterator<Item = &ManagedFieldsEntry> {
     meta.managed_fields
         .iter()
         .flatten()
-        .filter(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
         .filter(|m| m.subresource.as_deref().unwrap_or_default().is_empty())
         .filter(|m| {
             m.fields_v1
                 .as_ref()
                 .is_some_and(|f| f.0.get("f:spec").is_some())
         })
+}
+
+/// The most recent writer of an object's spec other than this operator.
+fn last_other_manager(meta: &ObjectMeta) -> Option<String> {
+    spec_writers(meta)
+        .filter(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
+        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
+        .and_then(|m| m.manager.clone())
+}
+
+/// The most recent writer of an object's spec, this operator included.
+fn last_spec_writer(meta: &ObjectMeta) -> Option<String> {
+    spec_writers(meta)
         .max_by_key(|m| m.time.as_ref().map(|t| t.0))
         .and_then(|m| m.manager.clone())
 }

@@ -432,6 +432,51 @@ async fn a_deployment_edited_mid_migration_is_reported_not_overwritten() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_service_widened_mid_migration_is_reported_not_overwritten() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.start(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await;
+    case.wait_phase("kong", Phase::AwaitingApproval).await;
+    // The chart's admin Service again: every kong pod, the sidecar one too.
+    let services: Api<Service> = Api::namespaced(case.client.clone(), &case.ns);
+    let widened = json!({ "spec": { "selector": { DISCOVERY_LABEL: null } } });
+    services
+        .patch(
+            "kong-kong-admin",
+            &PatchParams {
+                field_manager: Some("helm".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(&widened),
+        )
+        .await
+        .expect("edit");
+    let m = case
+        .wait_until("kong", "DriftDetected", |m| {
+            condition(m, "Stalled") == ("True", "DriftDetected")
+        })
+        .await;
+    let message = m.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        message.contains("\"helm\"") && message.contains("Service kong-kong-admin"),
+        "{message}"
+    );
+    case.wait_event("kong", "DriftDetected").await;
+    let svc = services.get("kong-kong-admin").await.expect("service");
+    let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
+    assert!(
+        !selector.contains_key(DISCOVERY_LABEL),
+        "the operator did not overwrite the edit"
+    );
+    roll_back(&case).await;
+    assert_rolled_back(&case, 1).await;
+    assert_eq!(case.downtime_ms(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_condition_and_an_event_and_changes_nothing() {
     let case = Case::new("sidecar-1-replica.yaml").await;
     let before = case.deployments().get(PROXY).await.expect("proxy");
