@@ -26,6 +26,11 @@ pub struct BenchArgs {
     /// first refused eviction, by design.
     #[arg(long, default_value = "sidecar-1-replica.yaml")]
     pub fixture: String,
+    /// Then this many migrations at once, each in a namespace of its own,
+    /// with the operator as a process of its own (peak RSS, CPU seconds,
+    /// watches held). 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    pub scale: usize,
 }
 
 struct Sample {
@@ -58,6 +63,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         rows.push((cutover, samples));
     }
     operator.abort();
+    let scale = if args.scale > 0 {
+        Some(at_scale(&cp, &client, &args.fixture, args.scale).await?)
+    } else {
+        None
+    };
     sim.shutdown().await;
     drop(cp);
 
@@ -85,7 +95,156 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             median(&mut requests),
         );
     }
+    if let Some(s) = scale {
+        println!();
+        println!(
+            "| migrations at once | time to all Succeeded s | operator peak RSS MiB | operator CPU s | watches held by the operator |"
+        );
+        println!("|---|---|---|---|---|");
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {} |",
+            s.migrations,
+            s.elapsed.as_secs_f64(),
+            s.peak_rss_kib as f64 / 1024.0,
+            s.cpu_seconds,
+            s.watches
+        );
+    }
     Ok(())
+}
+
+struct Scale {
+    migrations: usize,
+    elapsed: Duration,
+    peak_rss_kib: u64,
+    cpu_seconds: f64,
+    watches: f64,
+}
+
+/// `n` namespaces with the fixture, then `n` SidecarMigrations at once,
+/// handled by the operator binary (`run`, every namespace) as a process.
+async fn at_scale(
+    cp: &ControlPlane,
+    client: &Client,
+    fixture: &str,
+    n: usize,
+) -> anyhow::Result<Scale> {
+    use futures::{StreamExt, TryStreamExt};
+    let namespaces: Vec<String> = (0..n).map(|i| format!("scale-{i}")).collect();
+    futures::stream::iter(namespaces.clone())
+        .map(|ns| async move {
+            let namespace: Namespace =
+                serde_json::from_value(serde_json::json!({ "metadata": { "name": ns } }))?;
+            Api::<Namespace>::all(client.clone())
+                .create(&PostParams::default(), &namespace)
+                .await?;
+            testenv::apply_fixture(client, &ns, fixture).await?;
+            wait_rollout(client, &ns, "kong-kong", Duration::from_secs(600)).await
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let watches_before = apiserver_watches(client).await?;
+    let mut operator = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["run", "--http-addr", "127.0.0.1:0"])
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = operator.id().context("the operator process has a pid")?;
+
+    let scm: SidecarMigration = serde_yaml::from_str(crate::demo::EXAMPLE)?;
+    let t0 = Instant::now();
+    futures::stream::iter(namespaces.clone())
+        .map(|ns| {
+            let scm = scm.clone();
+            async move {
+                Api::<SidecarMigration>::namespaced(client.clone(), &ns)
+                    .patch(
+                        &scm.name_any(),
+                        &PatchParams::apply(FIELD_MANAGER),
+                        &Patch::Apply(&scm),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let all: Api<SidecarMigration> = Api::all(client.clone());
+    let deadline = t0 + Duration::from_secs(900);
+    let mut watches = 0.0;
+    loop {
+        let list = all.list(&Default::default()).await?;
+        let succeeded = list
+            .items
+            .iter()
+            .filter(|m| m.namespace().is_some_and(|ns| ns.starts_with("scale-")))
+            .filter(|m| {
+                m.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == Phase::Succeeded)
+            })
+            .count();
+        watches = f64::max(watches, apiserver_watches(client).await? - watches_before);
+        if succeeded == n {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{succeeded}/{n} Succeeded after 900 s"
+        );
+        // Polling the list is the bench's own load; twice a second is enough.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let elapsed = t0.elapsed();
+    let (peak_rss_kib, cpu_seconds) = process_usage(pid)?;
+    operator.start_kill()?;
+    let _ = operator.wait().await;
+    Ok(Scale {
+        migrations: n,
+        elapsed,
+        peak_rss_kib,
+        cpu_seconds,
+        watches,
+    })
+}
+
+/// Peak resident memory (KiB) and CPU seconds (user + system) of a process.
+fn process_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM in /proc/<pid>/status")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((hwm, (ticks(11) + ticks(12)) / hz))
+}
+
+/// Watches kube-apiserver holds open now, every client together.
+async fn apiserver_watches(client: &Client) -> anyhow::Result<f64> {
+    Ok(apiserver_metric(client, "apiserver_longrunning_requests{")
+        .await?
+        .iter()
+        .filter(|(labels, _)| labels.contains("verb=\"WATCH\""))
+        .map(|(_, v)| v)
+        .sum())
 }
 
 async fn migrate_once(
@@ -147,13 +306,25 @@ async fn migrate_once(
 
 /// The sum of kube-apiserver's own `apiserver_request_total`.
 async fn apiserver_requests(client: &Client) -> anyhow::Result<f64> {
+    Ok(apiserver_metric(client, "apiserver_request_total{")
+        .await?
+        .iter()
+        .map(|(_, v)| v)
+        .sum())
+}
+
+/// The samples of one kube-apiserver metric: labels and value.
+async fn apiserver_metric(client: &Client, prefix: &str) -> anyhow::Result<Vec<(String, f64)>> {
     let req = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(req).await?;
     Ok(text
         .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum())
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| {
+            let (labels, v) = l.rsplit_once(' ')?;
+            Some((labels.to_string(), v.parse::<f64>().ok()?))
+        })
+        .collect())
 }
 
 fn median(values: &mut [f64]) -> f64 {
