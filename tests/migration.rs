@@ -235,13 +235,7 @@ async fn dry_run_plans_every_change_and_makes_none() {
     );
     let after = case.deployments().get(PROXY).await.expect("proxy");
     assert_eq!(after.resource_version(), before.resource_version());
-    assert!(
-        case.deployments()
-            .get_opt(CONTROLLER)
-            .await
-            .expect("get")
-            .is_none()
-    );
+    assert!(!case.controller_exists().await, "no controller Deployment");
     // Leaving dry run carries it out.
     case.set("kong", json!({ "dryRun": false })).await;
     case.wait_phase("kong", Phase::Succeeded).await;

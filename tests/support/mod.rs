@@ -273,6 +273,14 @@ impl Case {
         );
     }
 
+    pub async fn controller_exists(&self) -> bool {
+        self.deployments()
+            .get_opt(CONTROLLER)
+            .await
+            .expect("get")
+            .is_some()
+    }
+
     pub fn downtime_ms(&self) -> u128 {
         self.sim.downtime(&self.ns, PROXY_SERVICE).as_millis()
     }
@@ -337,13 +345,7 @@ pub async fn assert_rolled_back(case: &Case, replicas: usize) {
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
     assert!(!labels.contains_key(DISCOVERY_LABEL));
-    assert!(
-        case.deployments()
-            .get_opt(CONTROLLER)
-            .await
-            .expect("get")
-            .is_none()
-    );
+    assert!(!case.controller_exists().await, "no controller Deployment");
     let admin = Api::<Service>::namespaced(case.client.clone(), &case.ns)
         .get_opt("kong-kong-admin")
         .await
