@@ -505,7 +505,7 @@ async fn execute(
             }
             // A refusal that retrying cannot fix (invalid, forbidden, ...)
             // must be visible on the migration, not only in the logs.
-            Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
+            Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 429 => {
                 let note = format!(
                     "the API server refused {}: {} ({}); retrying",
                     action.describe(),
