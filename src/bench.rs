@@ -34,6 +34,10 @@ pub struct BenchArgs {
 }
 
 struct Sample {
+    /// From the moment WaitingForAdminService's condition holds (controller
+    /// Available, a new gateway pod Ready) to the operator moving on, both
+    /// as this process's watches see them.
+    reaction: Option<Duration>,
     downtime: Duration,
     to_succeeded: Duration,
     /// Requests kube-apiserver served during the migration, every client
@@ -72,9 +76,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     drop(cp);
 
     println!(
-        "| cutover | runs | downtime ms (each run) | max downtime ms | time to Succeeded s (median) | API requests, all clients (median) |"
+        "| cutover | runs | downtime ms (each run) | max downtime ms | time to Succeeded s (median) | API requests, all clients (median) | reaction ms (median / p99) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (cutover, samples) in rows {
         let downtimes: Vec<String> = samples
             .iter()
@@ -86,8 +90,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|s| s.to_succeeded.as_secs_f64())
             .collect();
         let mut requests: Vec<f64> = samples.iter().map(|s| s.requests).collect();
+        let mut reactions: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.reaction)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        let reaction = if reactions.is_empty() {
+            "-".to_string()
+        } else {
+            let med = median(&mut reactions);
+            format!("{med:.0} / {:.0}", percentile(&reactions, 0.99))
+        };
         println!(
-            "| {cutover:?} | {} | {} | {} | {:.2} | {:.0} |",
+            "| {cutover:?} | {} | {} | {} | {:.2} | {:.0} | {reaction} |",
             samples.len(),
             downtimes.join(", "),
             max.as_millis(),
@@ -270,6 +285,7 @@ async fn migrate_once(
 
     let mut scm: SidecarMigration = serde_yaml::from_str(crate::demo::EXAMPLE)?;
     scm.spec.cutover = cutover;
+    let reaction = tokio::spawn(reaction_latency(client.clone(), ns.to_string()));
     let requests_before = apiserver_requests(client).await?;
     let t0 = Instant::now();
     let api: Api<SidecarMigration> = Api::namespaced(client.clone(), ns);
@@ -297,11 +313,87 @@ async fn migrate_once(
     let phase = done.and_then(|m| m.status).map(|s| s.phase);
     anyhow::ensure!(phase == Some(Phase::Succeeded), "{ns}: ended {phase:?}");
     let requests = apiserver_requests(client).await? - requests_before;
+    let reaction = match cutover {
+        Cutover::ZeroDowntime => tokio::time::timeout(Duration::from_secs(10), reaction)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten(),
+        // Its admin-Service step ends on another condition.
+        Cutover::DeleteLegacyPods => {
+            reaction.abort();
+            None
+        }
+    };
     Ok(Sample {
+        reaction,
         downtime: sim.downtime(ns, "kong-kong-proxy"),
         to_succeeded,
         requests,
     })
+}
+
+/// Watches the namespace during one ZeroDowntime migration: see
+/// [`Sample::reaction`].
+async fn reaction_latency(client: Client, ns: String) -> Option<Duration> {
+    use futures::StreamExt;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::{WatchStreamExt, watcher};
+    enum Seen {
+        Deployment(Box<Deployment>),
+        Pod(Box<Pod>),
+        Migration(Box<SidecarMigration>),
+    }
+    let cfg = watcher::Config::default();
+    let deployments = watcher(
+        Api::<Deployment>::namespaced(client.clone(), &ns),
+        cfg.clone(),
+    )
+    .applied_objects()
+    .map(|r| r.map(|d| Seen::Deployment(Box::new(d))));
+    let pods = watcher(Api::<Pod>::namespaced(client.clone(), &ns), cfg.clone())
+        .applied_objects()
+        .map(|r| r.map(|p| Seen::Pod(Box::new(p))));
+    let migrations = watcher(Api::<SidecarMigration>::namespaced(client, &ns), cfg)
+        .applied_objects()
+        .map(|r| r.map(|m| Seen::Migration(Box::new(m))));
+    let mut events =
+        futures::stream::select_all([deployments.boxed(), pods.boxed(), migrations.boxed()]);
+    let (mut available, mut new_ready, mut since) = (false, false, None);
+    while let Some(Ok(seen)) = events.next().await {
+        match seen {
+            Seen::Deployment(d) if d.name_any() == "kong-kong-controller" => {
+                available = crate::plan::deployment_available(&d);
+            }
+            Seen::Pod(p) => {
+                let gateway = p
+                    .spec
+                    .as_ref()
+                    .is_some_and(|s| !s.containers.iter().any(|c| c.name == "ingress-controller"))
+                    && p.labels()
+                        .get("app.kubernetes.io/component")
+                        .map(String::as_str)
+                        == Some("app");
+                new_ready |= gateway && crate::plan::pod_ready(&p);
+            }
+            Seen::Migration(m) => {
+                let phase = m.status.map(|s| s.phase).unwrap_or_default();
+                let past = matches!(
+                    phase,
+                    Phase::AwaitingApproval | Phase::DeletingLegacyPods | Phase::Succeeded
+                );
+                if past {
+                    return since.map(|t: Instant| t.elapsed());
+                }
+            }
+            Seen::Deployment(_) => {}
+        }
+        if available && new_ready && since.is_none() {
+            since = Some(Instant::now());
+        }
+    }
+    None
 }
 
 /// The sum of kube-apiserver's own `apiserver_request_total`.
@@ -325,6 +417,12 @@ async fn apiserver_metric(client: &Client, prefix: &str) -> anyhow::Result<Vec<(
             Some((labels.to_string(), v.parse::<f64>().ok()?))
         })
         .collect())
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied().unwrap_or_default()
 }
 
 fn median(values: &mut [f64]) -> f64 {

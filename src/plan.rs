@@ -1342,7 +1342,7 @@ pub fn selector_labels(d: &Deployment) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn deployment_available(d: &Deployment) -> bool {
+pub fn deployment_available(d: &Deployment) -> bool {
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let Some(st) = &d.status else { return false };
     st.observed_generation >= d.metadata.generation
