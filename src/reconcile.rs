@@ -2,7 +2,8 @@
 //! any action that depends on it), publishes its events and carries out its
 //! actions. Every decision lives in `plan.rs`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -39,6 +40,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub slots: Slots,
+    /// Failed reconciles in a row, by migration, for the retry backoff.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 /// `--max-concurrent-migrations`: the migrations in flight are the started,
@@ -126,6 +129,7 @@ impl Context {
             client,
             metrics,
             slots,
+            failures: Mutex::default(),
         }
     }
 }
@@ -261,14 +265,43 @@ fn in_namespace(
         .collect()
 }
 
-fn error_policy(_: Arc<SidecarMigration>, error: &Error, ctx: Arc<Context>) -> Requeue {
-    warn!(%error, "will retry");
+fn error_policy(scm: Arc<SidecarMigration>, error: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.failed(&error.reason());
-    Requeue::requeue(Duration::from_secs(5))
+    let failures = match ctx.failures.lock() {
+        Ok(mut f) => {
+            let n = f.entry(key(&scm)).or_insert(0);
+            *n += 1;
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay = retry_delay(failures);
+    warn!(%error, failures, retry_in = ?delay, "will retry");
+    Requeue::requeue(delay)
+}
+
+/// Exponential backoff for failed reconciles: quick after a transient fault,
+/// never a hot loop while one persists.
+pub fn retry_delay(failures: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(60);
+    FIRST
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(MAX)
 }
 
 #[tracing::instrument(skip_all, fields(migration = %format!("{}/{}", scm.namespace().unwrap_or_default(), scm.name_any())))]
 pub async fn reconcile(scm: Arc<SidecarMigration>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let result = reconcile_once(&scm, &ctx).await;
+    if result.is_ok()
+        && let Ok(mut f) = ctx.failures.lock()
+    {
+        f.remove(&key(&scm));
+    }
+    result
+}
+
+async fn reconcile_once(scm: &SidecarMigration, ctx: &Context) -> Result<Requeue, Error> {
     let ns = scm.namespace().ok_or(Error::NoNamespace)?;
     ctx.metrics.reconciled();
     let migrations: Api<SidecarMigration> = Api::namespaced(ctx.client.clone(), &ns);
@@ -277,13 +310,13 @@ pub async fn reconcile(scm: Arc<SidecarMigration>, ctx: Arc<Context>) -> Result<
         // The finalizer makes deleting an unfinished migration roll it back.
         let mut finalizers = scm.finalizers().to_vec();
         finalizers.push(FINALIZER.into());
-        set_finalizers(&migrations, &scm, finalizers).await?;
+        set_finalizers(&migrations, scm, finalizers).await?;
         return Ok(Requeue::await_change());
     }
-    let mut observed = observe(&scm, &ctx.client, &ns).await?;
-    observed.slot = ctx.slots.check(&scm);
-    let plan = plan::plan(&scm, &observed, Timestamp::now());
-    execute(&scm, &ctx, &ns, plan).await
+    let mut observed = observe(scm, &ctx.client, &ns).await?;
+    observed.slot = ctx.slots.check(scm);
+    let plan = plan::plan(scm, &observed, Timestamp::now());
+    execute(scm, ctx, &ns, plan).await
 }
 
 async fn observe(scm: &SidecarMigration, client: &Client, ns: &str) -> Result<Observed, Error> {
@@ -568,5 +601,30 @@ async fn publish(
     };
     if let Err(e) = ctx.recorder.publish(&event, reference).await {
         warn!(error = %e, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_a_minute() {
+        let cases = [
+            (1, 500),
+            (2, 1_000),
+            (3, 2_000),
+            (5, 8_000),
+            (8, 60_000),
+            (40, 60_000),
+            (u32::MAX, 60_000),
+        ];
+        for (failures, ms) in cases {
+            assert_eq!(
+                retry_delay(failures),
+                Duration::from_millis(ms),
+                "after {failures} failures"
+            );
+        }
     }
 }
