@@ -5,13 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use kube::{Client, ResourceExt};
 
 use crate::api::{Cutover, FIELD_MANAGER, Phase, SidecarMigration};
-use crate::demo::wait_rollout;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, Slots};
 use crate::testenv::{self, ControlPlane, NodeSimulator};
@@ -148,13 +146,7 @@ async fn at_scale(
     let namespaces: Vec<String> = (0..n).map(|i| format!("scale-{i}")).collect();
     futures::stream::iter(namespaces.clone())
         .map(|ns| async move {
-            let namespace: Namespace =
-                serde_json::from_value(serde_json::json!({ "metadata": { "name": ns } }))?;
-            Api::<Namespace>::all(client.clone())
-                .create(&PostParams::default(), &namespace)
-                .await?;
-            testenv::apply_fixture(client, &ns, fixture).await?;
-            wait_rollout(client, &ns, "kong-kong", Duration::from_secs(600)).await
+            testenv::install_fixture(client, &ns, fixture, Duration::from_secs(600)).await
         })
         .buffer_unordered(16)
         .try_collect::<Vec<()>>()
@@ -269,13 +261,7 @@ async fn migrate_once(
     fixture: &str,
     cutover: Cutover,
 ) -> anyhow::Result<Sample> {
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({ "metadata": { "name": ns } }))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await?;
-    testenv::apply_fixture(client, ns, fixture).await?;
-    wait_rollout(client, ns, "kong-kong", Duration::from_secs(120)).await?;
+    testenv::install_fixture(client, ns, fixture, Duration::from_secs(120)).await?;
     let replicas = crate::testenv::load_fixture(fixture, ns)?
         .iter()
         .find_map(|o| o.data.pointer("/spec/replicas").and_then(|r| r.as_u64()))

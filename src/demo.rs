@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -54,7 +52,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 &Default::default(),
             )
             .await?;
-            (reconcile::client(config)?, None)
+            let client = reconcile::client(config)?;
+            // The local control plane installs crds/ itself.
+            install_crd(&client).await?;
+            (client, None)
         }
         None => {
             println!(
@@ -72,23 +73,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let ns = args.namespace.as_str();
-    install_crd(&client).await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns_obj: Namespace =
-        serde_json::from_value(serde_json::json!({ "metadata": { "name": ns } }))?;
-    namespaces
-        .patch(
-            ns,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&ns_obj),
-        )
-        .await?;
     println!(
         "installing the kong chart's sidecar rendering ({}) into namespace {ns}…",
         args.fixture
     );
-    testenv::apply_fixture(&client, ns, &args.fixture).await?;
-    wait_rollout(&client, ns, "kong-kong", Duration::from_secs(args.timeout)).await?;
+    testenv::install_fixture(
+        &client,
+        ns,
+        &args.fixture,
+        Duration::from_secs(args.timeout),
+    )
+    .await?;
     println!("Deployment kong-kong is up with the ingress-controller sidecar");
 
     let ctx = Arc::new(Context::new(
@@ -154,23 +149,6 @@ async fn install_crd(client: &Client) -> anyhow::Result<()> {
     .await?;
     let established = kube::runtime::wait::conditions::is_crd_established();
     kube::runtime::wait::await_condition(crds, &crd.name_any(), established).await?;
-    Ok(())
-}
-
-pub(crate) async fn wait_rollout(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let done = |d: Option<&Deployment>| d.is_some_and(crate::plan::rollout_complete);
-    tokio::time::timeout(
-        timeout,
-        kube::runtime::wait::await_condition(api, name, done),
-    )
-    .await
-    .with_context(|| format!("Deployment {name} did not roll out"))??;
     Ok(())
 }
 

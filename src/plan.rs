@@ -807,15 +807,11 @@ impl<'a> Planner<'a> {
                 self.spec.proxy_deployment
             ),
             Some(proxy) => match template_drift(proxy, self.spec) {
-                Some(drift) => {
-                    let who = last_other_manager(&proxy.metadata)
-                        .map(|m| format!(" by {m:?}"))
-                        .unwrap_or_default();
-                    format!(
-                        "Deployment {} was changed{who} during the migration ({drift}); the operator does not overwrite it: revert that change or set spec.rollback: true",
-                        self.spec.proxy_deployment
-                    )
-                }
+                Some(drift) => format!(
+                    "Deployment {} was changed{} during the migration ({drift}); the operator does not overwrite it: revert that change or set spec.rollback: true",
+                    self.spec.proxy_deployment,
+                    changed_by(&proxy.metadata)
+                ),
                 None => self.admin_service_drift(proxy)?,
             },
         };
@@ -857,12 +853,10 @@ impl<'a> Planner<'a> {
         if service_matches(Some(live), &want) {
             return None;
         }
-        let who = last_other_manager(&live.metadata)
-            .map(|m| format!(" by {m:?}"))
-            .unwrap_or_default();
         Some(format!(
-            "Service {} was changed{who} during the migration (its selector or ports no longer pick only the new gateway pods); the operator does not overwrite it: revert that change or set spec.rollback: true",
-            live.name_any()
+            "Service {} was changed{} during the migration (its selector or ports no longer pick only the new gateway pods); the operator does not overwrite it: revert that change or set spec.rollback: true",
+            live.name_any(),
+            changed_by(&live.metadata)
         ))
     }
 
@@ -1413,12 +1407,15 @@ fn spec_writers(meta: &ObjectMeta) -> impl Iterator<Item = &ManagedFieldsEntry> 
         })
 }
 
-/// The most recent writer of an object's spec other than this operator.
-fn last_other_manager(meta: &ObjectMeta) -> Option<String> {
+/// ` by "<manager>"`: the most recent writer of an object's spec other than
+/// this operator, for drift messages; empty when there is none.
+fn changed_by(meta: &ObjectMeta) -> String {
     spec_writers(meta)
         .filter(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
         .max_by_key(|m| m.time.as_ref().map(|t| t.0))
-        .and_then(|m| m.manager.clone())
+        .and_then(|m| m.manager.as_ref())
+        .map(|m| format!(" by {m:?}"))
+        .unwrap_or_default()
 }
 
 /// The most recent writer of an object's spec, this operator included.

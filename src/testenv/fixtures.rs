@@ -2,8 +2,11 @@
 //! which `${NAMESPACE}` stands for the namespace they are installed into.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::{Scope, pinned_kind};
 use kube::{Client, ResourceExt as _};
@@ -76,5 +79,44 @@ pub async fn apply_fixture(
         .await
         .with_context(|| format!("applying {} {name} from {file_name}", types.kind))?;
     }
+    Ok(())
+}
+
+/// Creates `namespace` if needed, installs the fixture into it and waits
+/// until the proxy Deployment `kong-kong` has rolled out.
+pub async fn install_fixture(
+    client: &Client,
+    namespace: &str,
+    file_name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": namespace } }))?;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            namespace,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&ns),
+        )
+        .await?;
+    apply_fixture(client, namespace, file_name).await?;
+    wait_rollout(client, namespace, "kong-kong", timeout).await
+}
+
+/// Waits until Deployment `name` has rolled out completely.
+pub async fn wait_rollout(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let done = |d: Option<&Deployment>| d.is_some_and(crate::plan::rollout_complete);
+    tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api, name, done),
+    )
+    .await
+    .with_context(|| format!("Deployment {name} did not roll out"))??;
     Ok(())
 }
