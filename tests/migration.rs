@@ -630,45 +630,29 @@ async fn the_schema_rejects_what_cannot_be_right() {
     );
 }
 
-/// Runs kubectl against the test's control plane and returns its stdout.
-async fn kubectl(case: &Case, args: &[&str]) -> String {
-    // Not std's blocking output(): the operator runs on this runtime.
-    let out = tokio::process::Command::from(case.cp.kubectl())
-        .args(args)
-        .output()
-        .await
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_get_and_wait_work_as_documented() {
     let case = Case::new("sidecar-1-replica.yaml").await;
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/");
-    let applied = kubectl(&case, &["apply", "-n", &case.ns, "-f", examples]).await;
+    let applied = case
+        .kubectl(&["apply", "-n", &case.ns, "-f", examples])
+        .await;
     assert!(
         applied.contains("sidecarmigration.sidecar-migrator.dev/kong created"),
         "{applied}"
     );
-    kubectl(
-        &case,
-        &[
-            "wait",
-            "-n",
-            &case.ns,
-            "scm/kong",
-            "--for=condition=Ready",
-            "--timeout=120s",
-        ],
-    )
+    case.kubectl(&[
+        "wait",
+        "-n",
+        &case.ns,
+        "scm/kong",
+        "--for=condition=Ready",
+        "--timeout=120s",
+    ])
     .await;
-    let table = kubectl(&case, &["get", "sidecarmigrations", "-n", &case.ns]).await;
+    let table = case
+        .kubectl(&["get", "sidecarmigrations", "-n", &case.ns])
+        .await;
     let mut lines = table.lines();
     let header: Vec<&str> = lines
         .next()
@@ -682,7 +666,9 @@ async fn kubectl_apply_get_and_wait_work_as_documented() {
         .split_whitespace()
         .collect();
     assert_eq!(row[..4], ["kong", "Succeeded", "5/5", "True"], "{table}");
-    let wide = kubectl(&case, &["get", "scm", "-n", &case.ns, "-o", "wide"]).await;
+    let wide = case
+        .kubectl(&["get", "scm", "-n", &case.ns, "-o", "wide"])
+        .await;
     assert!(
         wide.lines().next().unwrap_or_default().ends_with("MESSAGE"),
         "{wide}"

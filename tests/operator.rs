@@ -28,16 +28,8 @@ async fn install_deploy(case: &Case) {
     APPLIED
         .get_or_init(|| async {
             let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/");
-            let out = tokio::process::Command::from(case.cp.kubectl())
-                .args(["apply", "--server-side", "-k", deploy])
-                .output()
-                .await
-                .expect("kubectl runs");
-            assert!(
-                out.status.success(),
-                "kubectl apply -k deploy/: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            case.kubectl(&["apply", "--server-side", "-k", deploy])
+                .await;
         })
         .await;
 }

@@ -249,6 +249,24 @@ impl Case {
         }
     }
 
+    /// Runs kubectl against the control plane and returns its stdout; fails
+    /// the test with kubectl's stderr if it fails.
+    pub async fn kubectl(&self, args: &[&str]) -> String {
+        // Not std's blocking output(): the operator runs on this runtime.
+        let out = tokio::process::Command::from(self.cp.kubectl())
+            .args(args)
+            .output()
+            .await
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Deletes the SidecarMigration and waits until its finalizer let it go.
     pub async fn delete_and_wait_gone(&self, name: &str) {
         let api = self.migrations();
