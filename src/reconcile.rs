@@ -15,6 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{
     Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy,
 };
+use kube::core::PartialObjectMeta as Meta;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -182,7 +183,7 @@ pub async fn run(
     }
     let by_deployment = {
         let store = store.clone();
-        move |d: Deployment| {
+        move |d: Meta<Deployment>| {
             let name = d.name_any();
             in_namespace(&store, d.namespace(), move |m| {
                 m.spec.proxy_deployment == name || m.spec.controller_name() == name
@@ -191,11 +192,11 @@ pub async fn run(
     };
     let by_pod = {
         let store = store.clone();
-        move |p: Pod| in_namespace(&store, p.namespace(), |_| true)
+        move |p: Meta<Pod>| in_namespace(&store, p.namespace(), |_| true)
     };
     let by_service = {
         let store = store.clone();
-        move |s: Service| {
+        move |s: Meta<Service>| {
             let name = s.name_any();
             in_namespace(&store, s.namespace(), move |m| {
                 m.spec.admin_service_name() == name
@@ -204,7 +205,7 @@ pub async fn run(
     };
     let by_slice = {
         let store = store.clone();
-        move |s: EndpointSlice| {
+        move |s: Meta<EndpointSlice>| {
             let service = s
                 .labels()
                 .get("kubernetes.io/service-name")
@@ -215,23 +216,29 @@ pub async fn run(
             })
         }
     };
+    // These watches only wake the reconciler, which reads what it needs
+    // itself: metadata alone is enough, and with every Pod and Deployment of
+    // the cluster in them, keeps the operator's memory and kube-apiserver's
+    // work small.
+    let all = watcher::Config::default();
+    // (An Api of PartialObjectMeta asks kube-apiserver for metadata only.)
     controller
         .watches(
-            scoped::<Deployment>(&client, &namespace),
-            watcher::Config::default(),
+            scoped::<Meta<Deployment>>(&client, &namespace),
+            all.clone(),
             by_deployment,
         )
+        .watches(scoped::<Meta<Pod>>(&client, &namespace), all, by_pod)
         .watches(
-            scoped::<Pod>(&client, &namespace),
-            watcher::Config::default(),
-            by_pod,
-        )
-        .watches(
-            scoped::<Service>(&client, &namespace),
+            scoped::<Meta<Service>>(&client, &namespace),
             ours.clone(),
             by_service,
         )
-        .watches(scoped::<EndpointSlice>(&client, &namespace), ours, by_slice)
+        .watches(
+            scoped::<Meta<EndpointSlice>>(&client, &namespace),
+            ours,
+            by_slice,
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
