@@ -344,6 +344,35 @@ async fn scaling_to_zero_and_back_records_downtime() {
 }
 
 #[tokio::test]
+async fn with_a_startup_time_pods_turn_ready_that_much_after_binding() {
+    let cp = ControlPlane::shared().await;
+    let client = cp.client().await.expect("a client");
+    let ns = cp.namespace("startup").await.expect("a test namespace");
+    let startup = Duration::from_secs(2);
+    let sim = NodeSimulator::start_with_startup(client.clone(), Some(&ns), startup)
+        .await
+        .expect("the node simulator starts");
+    let env = Env { client, ns, sim };
+    let app = json!([{ "name": "app", "image": "busybox:1.36" }]);
+    env.apply::<Deployment>(deployment("slow", json!({ "app": "slow" }), app))
+        .await;
+
+    env.wait_pod("app=slow", "the pod bound, with an IP", |p| {
+        p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()
+    })
+    .await;
+    let bound = std::time::Instant::now();
+    env.wait_pod("app=slow", "the pod Ready", pod_ready).await;
+    // The IP and the end of start-up are written by the same simulator, so
+    // only the first write's way to this test can eat into the start-up.
+    assert!(
+        bound.elapsed() >= startup / 2,
+        "Ready {:?} after the IP, start-up is {startup:?}",
+        bound.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn an_unpullable_image_never_turns_ready() {
     let env = setup("pull").await;
     let broken = json!([{ "name": "app", "image": "kong:invalid-tag" }]);

@@ -65,7 +65,19 @@ impl NodeSimulator {
     /// Simulates node `sim-node` for the pods of every namespace. It must be
     /// the only simulator on the cluster: two would race to bind the same pods.
     pub async fn start(client: Client) -> anyhow::Result<NodeSimulator> {
-        Self::run(client, None).await
+        Self::run(client, None, Duration::ZERO).await
+    }
+
+    /// Like [`NodeSimulator::start`] (or, with `namespace`,
+    /// [`NodeSimulator::start_in_namespace`]), but no container turns Ready
+    /// until `startup` has passed since its pod was bound: Kong and KIC take
+    /// seconds to start, and traffic waits that long for a replaced pod.
+    pub async fn start_with_startup(
+        client: Client,
+        namespace: Option<&str>,
+        startup: Duration,
+    ) -> anyhow::Result<NodeSimulator> {
+        Self::run(client, namespace, startup).await
     }
 
     /// Simulates node `sim-<namespace>` for the pods of one namespace, so
@@ -76,10 +88,14 @@ impl NodeSimulator {
         client: Client,
         namespace: &str,
     ) -> anyhow::Result<NodeSimulator> {
-        Self::run(client, Some(namespace)).await
+        Self::run(client, Some(namespace), Duration::ZERO).await
     }
 
-    async fn run(client: Client, namespace: Option<&str>) -> anyhow::Result<NodeSimulator> {
+    async fn run(
+        client: Client,
+        namespace: Option<&str>,
+        startup: Duration,
+    ) -> anyhow::Result<NodeSimulator> {
         let node = namespace.map_or_else(|| "sim-node".to_string(), |ns| format!("sim-{ns}"));
         register_node(&client, &node).await?;
         let wake = Arc::new(Notify::new());
@@ -120,6 +136,8 @@ impl NodeSimulator {
                     pods,
                     services,
                     slices,
+                    startup,
+                    started: HashMap::new(),
                     crashing_since: HashMap::new(),
                 }
                 .run(wake),
@@ -336,6 +354,11 @@ struct Kubelet {
     pods: Store<Pod>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    /// How long a pod's containers take to start (see
+    /// [`NodeSimulator::start_with_startup`]).
+    startup: Duration,
+    /// When each bound pod (by UID) was first seen on this node.
+    started: HashMap<String, Instant>,
     /// When each crash-looping controller pod (by UID) last (re)started.
     crashing_since: HashMap<String, Instant>,
 }
@@ -357,7 +380,8 @@ impl Kubelet {
     }
 
     /// Brings every pod of this node to the state the rules give it; returns
-    /// when a crash-looping controller restarts next, if one does.
+    /// when a crash-looping controller restarts or a pod finishes starting
+    /// next, if one does.
     async fn sync(&mut self) -> Option<Duration> {
         let world = World::observe(&self.pods, &self.services, &self.slices);
         let mut live = Vec::new();
@@ -378,12 +402,25 @@ impl Kubelet {
                 live.push(pod);
             }
         }
-        self.crashing_since
-            .retain(|uid, _| live.iter().any(|p| p.uid().as_deref() == Some(uid)));
+        let is_live = |uid: &String| live.iter().any(|p| p.uid().as_deref() == Some(uid));
+        self.crashing_since.retain(|uid, _| is_live(uid));
+        self.started.retain(|uid, _| is_live(uid));
 
-        // Controllers first: a gateway turns Ready through a Ready controller.
         let now = Instant::now();
         let mut next_restart: Option<Duration> = None;
+        let mut starting = HashSet::new();
+        for pod in &live {
+            let uid = pod.uid().unwrap_or_default();
+            let since = *self.started.entry(uid.clone()).or_insert(now);
+            let left = self.startup.saturating_sub(now - since);
+            if !left.is_zero() {
+                starting.insert(uid);
+                next_restart = Some(next_restart.map_or(left, |n| n.min(left)));
+            }
+        }
+        let starting = |pod: &Pod| starting.contains(&pod.uid().unwrap_or_default());
+
+        // Controllers first: a gateway turns Ready through a Ready controller.
         let mut ready_admin_services = Vec::new();
         let mut verdicts = Vec::new();
         for pod in &live {
@@ -391,12 +428,13 @@ impl Kubelet {
                 continue;
             };
             let ready = !image_pull_fails(pod)
+                && !starting(pod)
                 && (crate::plan::pod_ready(pod)
                     || admin.as_ref().is_some_and(|a| world.discovery_succeeds(a)));
             let mut restarted = None;
             if ready {
                 ready_admin_services.extend(admin);
-            } else if !image_pull_fails(pod) {
+            } else if !image_pull_fails(pod) && !starting(pod) {
                 let since = self
                     .crashing_since
                     .entry(pod.uid().unwrap_or_default())
@@ -414,7 +452,7 @@ impl Kubelet {
         for pod in &live {
             let ready = match role(pod) {
                 Role::Controller { .. } => continue,
-                _ if image_pull_fails(pod) => false,
+                _ if image_pull_fails(pod) || starting(pod) => false,
                 Role::Gateway {
                     self_configured: true,
                 } => true,
