@@ -1,11 +1,16 @@
 //! `sidecar-migrator bench`: migrations on the local control plane with the
-//! node simulator, measured. Prints a Markdown table (docs/benchmarks.md).
+//! node simulator, measured, beside Kong's manual procedure replayed on the
+//! same install. Prints Markdown tables (docs/benchmarks.md).
+
+mod apiserver;
+mod manual;
+mod observe;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Client, ResourceExt};
 
@@ -13,10 +18,11 @@ use crate::api::{Cutover, FIELD_MANAGER, Phase, SidecarMigration};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, Slots};
 use crate::testenv::{self, ControlPlane, NodeSimulator};
+use observe::Observer;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Migrations per cutover mode.
+    /// Migrations per cutover mode, and replays of the manual procedure.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// The sidecar install to migrate, from tests/fixtures/. Not the one
@@ -24,31 +30,60 @@ pub struct BenchArgs {
     /// first refused eviction, by design.
     #[arg(long, default_value = "sidecar-1-replica.yaml")]
     pub fixture: String,
+    /// Time every pod takes from binding to Ready in the node simulator (0:
+    /// at once). Kong takes seconds to start; a replaced pod makes traffic
+    /// wait that long.
+    #[arg(long, default_value_t = 0)]
+    pub pod_startup_ms: u64,
     /// Then this many migrations at once, each in a namespace of its own,
     /// with the operator as a process of its own (peak RSS, CPU seconds,
     /// watches held). 0 skips it.
     #[arg(long, default_value_t = 0)]
     pub scale: usize,
+    /// Then the operator process idle (no SidecarMigration) before and after
+    /// this many unrelated pods are created. 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    pub idle_pods: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Procedure {
+    Operator(Cutover),
+    /// Kong's documented steps, by hand: see [`manual`].
+    Manual,
+}
+
+impl std::fmt::Display for Procedure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Procedure::Operator(c) => write!(f, "operator, {c:?}"),
+            Procedure::Manual => f.write_str("manual (Kong's docs)"),
+        }
+    }
 }
 
 struct Sample {
-    /// From the moment WaitingForAdminService's condition holds (controller
-    /// Available, a new gateway pod Ready) to the operator moving on, both
-    /// as this process's watches see them.
-    reaction: Option<Duration>,
     downtime: Duration,
-    to_succeeded: Duration,
-    /// Requests kube-apiserver served during the migration, every client
-    /// (operator, controller-manager, simulator) together.
-    requests: f64,
+    /// From the SidecarMigration's creation (or the manual procedure's first
+    /// step) until done.
+    to_done: Duration,
+    /// Growth of `apiserver_request_total`, every client together.
+    requests_all: f64,
+    /// Requests kube-apiserver dispatched for the operator alone.
+    requests_operator: Option<f64>,
+    reactions: Vec<Duration>,
+    /// `kubectl delete pod` commands the manual procedure took.
+    deletes: Option<usize>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
-    let sim = NodeSimulator::start(cp.client().await?).await?;
-    let client = reconcile::client(cp.config().await?)?;
+    let admin = cp.client().await?;
+    let startup = Duration::from_millis(args.pod_startup_ms);
+    let sim = NodeSimulator::start_with_startup(admin.clone(), None, startup).await?;
+    apiserver::install_operator_identity(&cp, &admin).await?;
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        reconcile::client(apiserver::operator_config(&cp).await?)?,
         Some("bench".into()),
         Arc::new(Metrics::default()),
         Slots::new(None),
@@ -56,86 +91,363 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let operator = tokio::spawn(reconcile::run(ctx, None, || {}));
 
     let mut rows = Vec::new();
-    for cutover in [Cutover::ZeroDowntime, Cutover::DeleteLegacyPods] {
+    for procedure in [
+        Procedure::Operator(Cutover::ZeroDowntime),
+        Procedure::Operator(Cutover::DeleteLegacyPods),
+        Procedure::Manual,
+    ] {
         let mut samples = Vec::new();
         for i in 0..args.runs {
-            let ns = format!("bench-{}-{i}", format!("{cutover:?}").to_lowercase());
-            samples.push(migrate_once(&client, &sim, &ns, &args.fixture, cutover).await?);
+            let ns = match procedure {
+                Procedure::Operator(c) => format!("bench-{}-{i}", format!("{c:?}").to_lowercase()),
+                Procedure::Manual => format!("bench-manual-{i}"),
+            };
+            samples.push(once(&admin, &sim, &ns, &args.fixture, procedure).await?);
         }
-        rows.push((cutover, samples));
+        rows.push((procedure, samples));
     }
     operator.abort();
-    let scale = if args.scale > 0 {
-        Some(at_scale(&cp, &client, &args.fixture, args.scale).await?)
-    } else {
-        None
+    let scale = match args.scale {
+        0 => None,
+        n => Some(at_scale(&cp, &admin, &args.fixture, n).await?),
+    };
+    let idle = match args.idle_pods {
+        0 => None,
+        n => Some(idle(&cp, &admin, n).await?),
     };
     sim.shutdown().await;
     drop(cp);
 
-    println!(
-        "| cutover | runs | downtime ms (each run) | max downtime ms | time to Succeeded s (median) | API requests, all clients (median) | reaction ms (median / p99) |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    for (cutover, samples) in rows {
-        let downtimes: Vec<String> = samples
-            .iter()
-            .map(|s| s.downtime.as_millis().to_string())
-            .collect();
-        let max = samples.iter().map(|s| s.downtime).max().unwrap_or_default();
-        let mut times: Vec<f64> = samples
-            .iter()
-            .map(|s| s.to_succeeded.as_secs_f64())
-            .collect();
-        let mut requests: Vec<f64> = samples.iter().map(|s| s.requests).collect();
-        let mut reactions: Vec<f64> = samples
-            .iter()
-            .filter_map(|s| s.reaction)
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .collect();
-        let reaction = if reactions.is_empty() {
-            "-".to_string()
-        } else {
-            let med = median(&mut reactions);
-            format!("{med:.0} / {:.0}", percentile(&reactions, 0.99))
-        };
-        println!(
-            "| {cutover:?} | {} | {} | {} | {:.2} | {:.0} | {reaction} |",
-            samples.len(),
-            downtimes.join(", "),
-            max.as_millis(),
-            median(&mut times),
-            median(&mut requests),
-        );
-    }
+    print_migrations(&rows);
     if let Some(s) = scale {
         println!();
         println!(
-            "| migrations at once | time to all Succeeded s | operator peak RSS MiB | operator CPU s | watches held by the operator |"
+            "| migrations at once | time to all Succeeded s | operator peak RSS MiB | operator CPU s | operator requests (per migration) | watches held by the operator |"
         );
-        println!("|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|");
         println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.0} ({:.1}) | {} |",
             s.migrations,
             s.elapsed.as_secs_f64(),
-            s.peak_rss_kib as f64 / 1024.0,
-            s.cpu_seconds,
+            kib_to_mib(s.usage.peak_rss_kib),
+            s.usage.cpu_seconds,
+            s.requests,
+            s.requests / s.migrations as f64,
             s.watches
         );
     }
+    if let Some(i) = idle {
+        println!();
+        println!(
+            "| unrelated pods | operator RSS idle MiB | peak RSS MiB | CPU s while idle 10 s | operator requests while idle 10 s |"
+        );
+        println!("|---|---|---|---|---|");
+        for m in [i.before, i.after] {
+            println!(
+                "| {} | {:.1} | {:.1} | {:.2} | {:.0} |",
+                m.pods,
+                kib_to_mib(m.rss_kib),
+                kib_to_mib(m.peak_rss_kib),
+                m.cpu_seconds,
+                m.requests
+            );
+        }
+    }
     Ok(())
+}
+
+fn print_migrations(rows: &[(Procedure, Vec<Sample>)]) {
+    println!(
+        "| procedure | runs | runs with downtime | downtime ms (median / max) | time to done s (median) | API requests, all clients (median) | by the operator (median) | reaction ms (median / p99, n) | pod deletes by hand (median / max) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (procedure, samples) in rows {
+        let of = |f: &dyn Fn(&Sample) -> Option<f64>| summarize(samples.iter().filter_map(f));
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let downtime = of(&|s| Some(ms(s.downtime)));
+        let with_downtime = samples.iter().filter(|s| !s.downtime.is_zero()).count();
+        let reactions = summarize(samples.iter().flat_map(|s| &s.reactions).map(|d| ms(*d)));
+        let dash = |v: Option<Summary>, f: &dyn Fn(&Summary) -> String| {
+            v.as_ref().map_or_else(|| "-".to_string(), f)
+        };
+        println!(
+            "| {procedure} | {} | {with_downtime} | {} | {} | {} | {} | {} | {} |",
+            samples.len(),
+            dash(downtime, &|v| format!("{:.0} / {:.0}", v.median, v.max)),
+            dash(of(&|s| Some(s.to_done.as_secs_f64())), &|v| format!(
+                "{:.2}",
+                v.median
+            )),
+            dash(of(&|s| Some(s.requests_all)), &|v| format!(
+                "{:.0}",
+                v.median
+            )),
+            dash(of(&|s| s.requests_operator), &|v| format!(
+                "{:.0}",
+                v.median
+            )),
+            dash(reactions, &|v| format!(
+                "{:.0} / {:.0}, {}",
+                v.median, v.p99, v.n
+            )),
+            dash(of(&|s| s.deletes.map(|d| d as f64)), &|v| format!(
+                "{:.0} / {:.0}",
+                v.median, v.max
+            )),
+        );
+    }
+}
+
+/// One migration (or manual replay) of a fresh install in namespace `ns`.
+async fn once(
+    client: &Client,
+    sim: &NodeSimulator,
+    ns: &str,
+    fixture: &str,
+    procedure: Procedure,
+) -> anyhow::Result<Sample> {
+    testenv::install_fixture(client, ns, fixture, Duration::from_secs(120)).await?;
+    let replicas = testenv::load_fixture(fixture, ns)?
+        .iter()
+        .find_map(|o| o.data.pointer("/spec/replicas").and_then(|r| r.as_u64()))
+        .unwrap_or(1) as usize;
+    sim.wait_ready_endpoints(ns, "kong-kong-proxy", replicas, Duration::from_secs(60))
+        .await?;
+    let mut seen = Observer::new(client, ns);
+    seen.wait_ready(Duration::from_secs(30)).await?;
+
+    let all_before = apiserver::all_requests(client).await?;
+    let operator_before = apiserver::operator_requests(client).await?;
+    let t0 = Instant::now();
+    let (reactions, deletes) = match procedure {
+        Procedure::Operator(cutover) => {
+            let reactions = tokio::spawn(reactions(seen, cutover));
+            migrate(client, ns, cutover).await?;
+            let reactions = tokio::time::timeout(Duration::from_secs(10), reactions)
+                .await
+                .context("the reaction watch did not see the migration end")??;
+            (reactions, None)
+        }
+        Procedure::Manual => {
+            drop(seen);
+            (Vec::new(), Some(manual::replay(client, ns).await?.deletes))
+        }
+    };
+    let to_done = t0.elapsed();
+    let requests_all = apiserver::all_requests(client).await? - all_before;
+    let requests_operator = match procedure {
+        Procedure::Operator(_) => {
+            Some(apiserver::operator_requests(client).await? - operator_before)
+        }
+        Procedure::Manual => None,
+    };
+    Ok(Sample {
+        downtime: sim.downtime(ns, "kong-kong-proxy"),
+        to_done,
+        requests_all,
+        requests_operator,
+        reactions,
+        deletes,
+    })
+}
+
+/// Applies the example SidecarMigration with `cutover` and waits until it
+/// has Succeeded.
+async fn migrate(client: &Client, ns: &str, cutover: Cutover) -> anyhow::Result<()> {
+    let mut scm: SidecarMigration = serde_yaml::from_str(crate::demo::EXAMPLE)?;
+    scm.spec.cutover = cutover;
+    let api: Api<SidecarMigration> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        &scm.name_any(),
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&scm),
+    )
+    .await?;
+    let done = tokio::time::timeout(
+        Duration::from_secs(120),
+        await_condition(api, &scm.name_any(), |m: Option<&SidecarMigration>| {
+            m.and_then(|m| m.status.as_ref())
+                .is_some_and(|s| ended(s.phase))
+        }),
+    )
+    .await
+    .with_context(|| format!("{ns}: the migration did not end in 120 s"))??;
+    let phase = done.and_then(|m| m.status).map(|s| s.phase);
+    anyhow::ensure!(phase == Some(Phase::Succeeded), "{ns}: ended {phase:?}");
+    Ok(())
+}
+
+/// Where the bench stops waiting: Failed is not final for the operator (it
+/// resumes once the input is fixed), but a benchmark run has failed.
+fn ended(phase: Phase) -> bool {
+    matches!(phase, Phase::Succeeded | Phase::Failed | Phase::RolledBack)
+}
+
+/// Reaction latency: from the moment the bench's watches see a condition the
+/// operator waits for hold, to the moment they see the operator's answer.
+/// Three per ZeroDowntime migration, two per DeleteLegacyPods one:
+///
+/// - the SidecarMigration exists → the operator adds its finalizer;
+/// - (ZeroDowntime) the controller Deployment is Available and a new gateway
+///   pod Ready → the migration moves past WaitingForAdminService (the other
+///   cutover's step ends on another condition);
+/// - no legacy pod is left and the proxy Deployment has rolled out → the
+///   operator restores the rollout strategy (its status says so first).
+///
+/// If the operator answers before the bench sees the condition (their watches
+/// race), the sample is 0.
+async fn reactions(mut seen: Observer, cutover: Cutover) -> Vec<Duration> {
+    struct Probe {
+        since: Option<Instant>,
+        sample: Option<Duration>,
+    }
+    let mut probes: Vec<Probe> = (0..3)
+        .map(|_| Probe {
+            since: None,
+            sample: None,
+        })
+        .collect();
+    loop {
+        if seen.changed(Duration::from_secs(120)).await.is_err() {
+            break;
+        }
+        let Some(scm) = seen.migration() else {
+            continue;
+        };
+        let status = scm.status.clone().unwrap_or_default();
+        let phase = status.phase;
+        let controller_available = seen
+            .deployment(&scm.spec.controller_name())
+            .is_some_and(|d| crate::plan::deployment_available(&d));
+        let gateway_ready = seen
+            .gateway_pods()
+            .iter()
+            .any(|p| crate::plan::pod_ready(p));
+        let rolled_out = seen.legacy_pods().is_empty()
+            && seen
+                .deployment(&scm.spec.proxy_deployment)
+                .is_some_and(|d| crate::plan::rollout_complete(&d));
+        let conditions = [
+            (true, !scm.finalizers().is_empty()),
+            (
+                cutover == Cutover::ZeroDowntime && controller_available && gateway_ready,
+                matches!(
+                    phase,
+                    Phase::AwaitingApproval | Phase::DeletingLegacyPods | Phase::Succeeded
+                ),
+            ),
+            (
+                rolled_out && phase == Phase::DeletingLegacyPods,
+                status
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("no legacy pod left")),
+            ),
+        ];
+        for (probe, (holds, answered)) in probes.iter_mut().zip(conditions) {
+            if probe.sample.is_some() {
+                continue;
+            }
+            if holds && probe.since.is_none() {
+                probe.since = Some(Instant::now());
+                if answered {
+                    probe.sample = Some(Duration::ZERO);
+                    continue;
+                }
+            }
+            if answered && let Some(since) = probe.since {
+                probe.sample = Some(since.elapsed());
+            }
+        }
+        if ended(phase) {
+            break;
+        }
+    }
+    probes.into_iter().filter_map(|p| p.sample).collect()
+}
+
+struct Usage {
+    peak_rss_kib: u64,
+    rss_kib: u64,
+    cpu_seconds: f64,
 }
 
 struct Scale {
     migrations: usize,
     elapsed: Duration,
-    peak_rss_kib: u64,
-    cpu_seconds: f64,
+    usage: Usage,
+    requests: f64,
     watches: f64,
 }
 
+/// The operator binary (`run`, every namespace), as its ServiceAccount.
+struct OperatorProcess {
+    child: tokio::process::Child,
+    pid: u32,
+    http: std::net::SocketAddr,
+    _kubeconfig: tempfile::NamedTempFile,
+}
+
+impl OperatorProcess {
+    async fn start(cp: &ControlPlane) -> anyhow::Result<OperatorProcess> {
+        let kubeconfig = tempfile::NamedTempFile::new()?;
+        apiserver::write_operator_kubeconfig(cp, kubeconfig.path())?;
+        let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["run", "--http-addr", &http.to_string()])
+            .env("KUBECONFIG", kubeconfig.path())
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_OPERATOR_LOG").unwrap_or("error".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("the operator process has a pid")?;
+        Ok(OperatorProcess {
+            child,
+            pid,
+            http,
+            _kubeconfig: kubeconfig,
+        })
+    }
+
+    /// Waits until /readyz answers 200: its caches have synced.
+    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let url = format!("http://{}/readyz", self.http);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if http_status(&self.http, "/readyz").await == Some(200) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{url} not ready in {timeout:?}");
+            // The probe endpoint has no watch to wait on; poll it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn usage(&self) -> anyhow::Result<Usage> {
+        process_usage(self.pid)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// The status code of a plain HTTP/1.1 GET, or None if it failed.
+async fn http_status(addr: &std::net::SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
 /// `n` namespaces with the fixture, then `n` SidecarMigrations at once,
-/// handled by the operator binary (`run`, every namespace) as a process.
+/// handled by the operator process.
 async fn at_scale(
     cp: &ControlPlane,
     client: &Client,
@@ -152,14 +464,9 @@ async fn at_scale(
         .try_collect::<Vec<()>>()
         .await?;
 
-    let watches_before = apiserver_watches(client).await?;
-    let mut operator = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["run", "--http-addr", "127.0.0.1:0"])
-        .env("KUBECONFIG", cp.kubeconfig_path())
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = operator.id().context("the operator process has a pid")?;
+    let watches_before = apiserver::watches(client).await?;
+    let requests_before = apiserver::operator_requests(client).await?;
+    let operator = OperatorProcess::start(cp).await?;
 
     let scm: SidecarMigration = serde_yaml::from_str(crate::demo::EXAMPLE)?;
     let t0 = Instant::now();
@@ -194,7 +501,7 @@ async fn at_scale(
                     .is_some_and(|s| s.phase == Phase::Succeeded)
             })
             .count();
-        watches = f64::max(watches, apiserver_watches(client).await? - watches_before);
+        watches = f64::max(watches, apiserver::watches(client).await? - watches_before);
         if succeeded == n {
             break;
         }
@@ -206,26 +513,182 @@ async fn at_scale(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let elapsed = t0.elapsed();
-    let (peak_rss_kib, cpu_seconds) = process_usage(pid)?;
-    operator.start_kill()?;
-    let _ = operator.wait().await;
+    let usage = operator.usage()?;
+    let requests = apiserver::operator_requests(client).await? - requests_before;
+    operator.stop().await;
     Ok(Scale {
         migrations: n,
         elapsed,
-        peak_rss_kib,
-        cpu_seconds,
+        usage,
+        requests,
         watches,
     })
 }
 
-/// Peak resident memory (KiB) and CPU seconds (user + system) of a process.
-fn process_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
+struct Idle {
+    before: IdleSample,
+    after: IdleSample,
+}
+
+struct IdleSample {
+    pods: usize,
+    rss_kib: u64,
+    peak_rss_kib: u64,
+    cpu_seconds: f64,
+    requests: f64,
+}
+
+/// The operator process with nothing to do: once as the cluster is, once
+/// after `n` unrelated pods (100 per namespace) have been created and run.
+async fn idle(cp: &ControlPlane, client: &Client, n: usize) -> anyhow::Result<Idle> {
+    let before = idle_sample(cp, client, 0).await?;
+    create_unrelated_pods(client, n).await?;
+    let after = idle_sample(cp, client, n).await?;
+    Ok(Idle { before, after })
+}
+
+/// The watches the operator holds: SidecarMigrations, and Deployments, Pods,
+/// Services and EndpointSlices to wake it.
+const OPERATOR_WATCHES: f64 = 5.0;
+
+/// How long the idle operator is watched.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
+async fn idle_sample(
+    cp: &ControlPlane,
+    client: &Client,
+    pods: usize,
+) -> anyhow::Result<IdleSample> {
+    let watches_before = apiserver::watches(client).await?;
+    let operator = OperatorProcess::start(cp).await?;
+    operator.wait_ready(Duration::from_secs(300)).await?;
+    // /readyz covers the SidecarMigration cache; the other watches start
+    // after their initial lists (10,000 pods are 20 pages), and the finished
+    // migrations the runs above left are reconciled once at start-up. Idle
+    // begins once all its watches are open and it has made no request for
+    // QUIET.
+    const QUIET: Duration = Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last = (apiserver::operator_requests(client).await?, Instant::now());
+    loop {
+        let requests = apiserver::operator_requests(client).await?;
+        if requests != last.0 {
+            last = (requests, Instant::now());
+        }
+        let watching = apiserver::watches(client).await? - watches_before >= OPERATOR_WATCHES;
+        if watching && last.1.elapsed() >= QUIET {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the operator did not settle in 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let start = operator.usage()?;
+    let requests_before = apiserver::operator_requests(client).await?;
+    // Measuring over a window is the point here, not a wait for a state.
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let end = operator.usage()?;
+    let requests = apiserver::operator_requests(client).await? - requests_before;
+    operator.stop().await;
+    Ok(IdleSample {
+        pods,
+        rss_kib: end.rss_kib,
+        peak_rss_kib: end.peak_rss_kib,
+        cpu_seconds: end.cpu_seconds - start.cpu_seconds,
+        requests,
+    })
+}
+
+/// `n` pods of an ordinary web app, 100 to a namespace, Running and Ready
+/// on the simulated node.
+async fn create_unrelated_pods(client: &Client, n: usize) -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    const PER_NAMESPACE: usize = 100;
+    let namespaces = n.div_ceil(PER_NAMESPACE);
+    for i in 0..namespaces {
+        let ns: Namespace = serde_json::from_value(
+            serde_json::json!({ "metadata": { "name": format!("idle-{i}") } }),
+        )?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+    }
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            let ns = format!("idle-{}", i / PER_NAMESPACE);
+            let pod: Pod = serde_json::from_value(unrelated_pod(i))?;
+            Api::<Pod>::namespaced(client.clone(), &ns)
+                .create(&PostParams::default(), &pod)
+                .await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await?;
+    // Wait until the simulator has them all Running.
+    let pods: Api<Pod> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let running = pods
+            .list(&kube::api::ListParams::default().labels("bench=unrelated"))
+            .await?
+            .items
+            .iter()
+            .filter(|p| crate::plan::pod_ready(p))
+            .count();
+        if running >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{running}/{n} unrelated pods Ready after 900 s"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn unrelated_pod(i: usize) -> serde_json::Value {
+    let app = format!("web-{}", i % 50);
+    serde_json::json!({
+        "metadata": {
+            "name": format!("{app}-{i}"),
+            "labels": { "app": app, "bench": "unrelated", "pod-template-hash": "5d8f7c9b6d" },
+            "annotations": { "kubectl.kubernetes.io/default-container": "web" },
+        },
+        "spec": {
+            "containers": [{
+                "name": "web",
+                "image": "nginx:1.27",
+                "ports": [{ "name": "http", "containerPort": 8080 }],
+                "env": [
+                    { "name": "APP_ENV", "value": "production" },
+                    { "name": "LOG_LEVEL", "value": "info" },
+                ],
+                "resources": {
+                    "requests": { "cpu": "100m", "memory": "128Mi" },
+                    "limits": { "memory": "256Mi" },
+                },
+                "readinessProbe": { "httpGet": { "path": "/healthz", "port": 8080 } },
+                "securityContext": { "runAsNonRoot": true, "allowPrivilegeEscalation": false },
+            }],
+        },
+    })
+}
+
+/// Peak and current resident memory (KiB) and CPU seconds (user + system) of
+/// a process.
+fn process_usage(pid: u32) -> anyhow::Result<Usage> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmHWM in /proc/<pid>/status")?;
+    let kib = |key: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("{key} in /proc/<pid>/status"))
+    };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses.
     let fields: Vec<&str> = stat
@@ -241,177 +704,36 @@ fn process_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
     // SAFETY: sysconf only reads a constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((hwm, (ticks(11) + ticks(12)) / hz))
-}
-
-/// Watches kube-apiserver holds open now, every client together.
-async fn apiserver_watches(client: &Client) -> anyhow::Result<f64> {
-    Ok(apiserver_metric(client, "apiserver_longrunning_requests{")
-        .await?
-        .iter()
-        .filter(|(labels, _)| labels.contains("verb=\"WATCH\""))
-        .map(|(_, v)| v)
-        .sum())
-}
-
-async fn migrate_once(
-    client: &Client,
-    sim: &NodeSimulator,
-    ns: &str,
-    fixture: &str,
-    cutover: Cutover,
-) -> anyhow::Result<Sample> {
-    testenv::install_fixture(client, ns, fixture, Duration::from_secs(120)).await?;
-    let replicas = crate::testenv::load_fixture(fixture, ns)?
-        .iter()
-        .find_map(|o| o.data.pointer("/spec/replicas").and_then(|r| r.as_u64()))
-        .unwrap_or(1) as usize;
-    sim.wait_ready_endpoints(ns, "kong-kong-proxy", replicas, Duration::from_secs(60))
-        .await?;
-
-    let mut scm: SidecarMigration = serde_yaml::from_str(crate::demo::EXAMPLE)?;
-    scm.spec.cutover = cutover;
-    let reaction = tokio::spawn(reaction_latency(client.clone(), ns.to_string()));
-    let requests_before = apiserver_requests(client).await?;
-    let t0 = Instant::now();
-    let api: Api<SidecarMigration> = Api::namespaced(client.clone(), ns);
-    api.patch(
-        &scm.name_any(),
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Apply(&scm),
-    )
-    .await?;
-    let ended = |m: Option<&SidecarMigration>| {
-        m.and_then(|m| m.status.as_ref()).is_some_and(|s| {
-            matches!(
-                s.phase,
-                Phase::Succeeded | Phase::Failed | Phase::RolledBack
-            )
-        })
-    };
-    let done = tokio::time::timeout(
-        Duration::from_secs(120),
-        await_condition(api.clone(), &scm.name_any(), ended),
-    )
-    .await
-    .with_context(|| format!("{ns}: the migration did not end in 120 s"))??;
-    let to_succeeded = t0.elapsed();
-    let phase = done.and_then(|m| m.status).map(|s| s.phase);
-    anyhow::ensure!(phase == Some(Phase::Succeeded), "{ns}: ended {phase:?}");
-    let requests = apiserver_requests(client).await? - requests_before;
-    let reaction = match cutover {
-        Cutover::ZeroDowntime => tokio::time::timeout(Duration::from_secs(10), reaction)
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten(),
-        // Its admin-Service step ends on another condition.
-        Cutover::DeleteLegacyPods => {
-            reaction.abort();
-            None
-        }
-    };
-    Ok(Sample {
-        reaction,
-        downtime: sim.downtime(ns, "kong-kong-proxy"),
-        to_succeeded,
-        requests,
+    Ok(Usage {
+        peak_rss_kib: kib("VmHWM:")?,
+        rss_kib: kib("VmRSS:")?,
+        cpu_seconds: (ticks(11) + ticks(12)) / hz,
     })
 }
 
-/// Watches the namespace during one ZeroDowntime migration: see
-/// [`Sample::reaction`].
-async fn reaction_latency(client: Client, ns: String) -> Option<Duration> {
-    use futures::StreamExt;
-    use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::runtime::{WatchStreamExt, watcher};
-    enum Seen {
-        Deployment(Box<Deployment>),
-        Pod(Box<Pod>),
-        Migration(Box<SidecarMigration>),
+fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+struct Summary {
+    median: f64,
+    /// Nearest rank: with fewer than 100 values, the maximum.
+    p99: f64,
+    max: f64,
+    n: usize,
+}
+
+fn summarize(values: impl Iterator<Item = f64>) -> Option<Summary> {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return None;
     }
-    let cfg = watcher::Config::default();
-    let deployments = watcher(
-        Api::<Deployment>::namespaced(client.clone(), &ns),
-        cfg.clone(),
-    )
-    .applied_objects()
-    .map(|r| r.map(|d| Seen::Deployment(Box::new(d))));
-    let pods = watcher(Api::<Pod>::namespaced(client.clone(), &ns), cfg.clone())
-        .applied_objects()
-        .map(|r| r.map(|p| Seen::Pod(Box::new(p))));
-    let migrations = watcher(Api::<SidecarMigration>::namespaced(client, &ns), cfg)
-        .applied_objects()
-        .map(|r| r.map(|m| Seen::Migration(Box::new(m))));
-    let mut events =
-        futures::stream::select_all([deployments.boxed(), pods.boxed(), migrations.boxed()]);
-    let (mut available, mut new_ready, mut since) = (false, false, None);
-    while let Some(Ok(seen)) = events.next().await {
-        match seen {
-            Seen::Deployment(d) if d.name_any() == "kong-kong-controller" => {
-                available = crate::plan::deployment_available(&d);
-            }
-            Seen::Pod(p) => {
-                let gateway = p
-                    .spec
-                    .as_ref()
-                    .is_some_and(|s| !s.containers.iter().any(|c| c.name == "ingress-controller"))
-                    && p.labels()
-                        .get("app.kubernetes.io/component")
-                        .map(String::as_str)
-                        == Some("app");
-                new_ready |= gateway && crate::plan::pod_ready(&p);
-            }
-            Seen::Migration(m) => {
-                let phase = m.status.map(|s| s.phase).unwrap_or_default();
-                let past = matches!(
-                    phase,
-                    Phase::AwaitingApproval | Phase::DeletingLegacyPods | Phase::Succeeded
-                );
-                if past {
-                    return since.map(|t: Instant| t.elapsed());
-                }
-            }
-            Seen::Deployment(_) => {}
-        }
-        if available && new_ready && since.is_none() {
-            since = Some(Instant::now());
-        }
-    }
-    None
-}
-
-/// The sum of kube-apiserver's own `apiserver_request_total`.
-async fn apiserver_requests(client: &Client) -> anyhow::Result<f64> {
-    Ok(apiserver_metric(client, "apiserver_request_total{")
-        .await?
-        .iter()
-        .map(|(_, v)| v)
-        .sum())
-}
-
-/// The samples of one kube-apiserver metric: labels and value.
-async fn apiserver_metric(client: &Client, prefix: &str) -> anyhow::Result<Vec<(String, f64)>> {
-    let req = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client.request_text(req).await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| {
-            let (labels, v) = l.rsplit_once(' ')?;
-            Some((labels.to_string(), v.parse::<f64>().ok()?))
-        })
-        .collect())
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
-    sorted.get(rank - 1).copied().unwrap_or_default()
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or_default()
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = |p: f64| ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    Some(Summary {
+        median: *v.get(v.len() / 2)?,
+        p99: *v.get(rank(0.99))?,
+        max: *v.last()?,
+        n: v.len(),
+    })
 }
