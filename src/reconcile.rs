@@ -16,7 +16,7 @@ use kube::api::{
     Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy,
 };
 use kube::core::PartialObjectMeta as Meta;
-use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::controller::{self, Action as Requeue, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -147,6 +147,11 @@ impl Error {
     }
 }
 
+/// Reconciles running at once (each migration has at most one). Unbounded,
+/// a restart over hundreds of migrations reads them all at once, and the
+/// memory that peak takes stays with the process.
+const RECONCILE_CONCURRENCY: u16 = 8;
+
 /// How often the readiness probe's watcher asks whether the cache has synced.
 const SYNC_POLL: Duration = Duration::from_millis(200);
 
@@ -162,7 +167,8 @@ pub async fn run(
     let client = ctx.client.clone();
     let migrations: Api<SidecarMigration> = scoped(&client, &namespace);
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let controller = Controller::new(migrations, watcher::Config::default().any_semantic());
+    let controller = Controller::new(migrations, watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
     let store = controller.store();
     if let Ok(mut stores) = ctx.slots.stores.lock() {
         stores.push(store.clone());
