@@ -71,7 +71,8 @@ struct Sample {
     requests_all: f64,
     /// Requests kube-apiserver dispatched for the operator alone.
     requests_operator: Option<f64>,
-    reactions: Vec<Duration>,
+    /// One per entry of [`REACTIONS`], where measured.
+    reactions: [Option<Duration>; 3],
     /// `kubectl delete pod` commands the manual procedure took.
     deletes: Option<usize>,
 }
@@ -119,6 +120,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     drop(cp);
 
     print_migrations(&rows);
+    println!();
+    print_reactions(&rows);
     if let Some(s) = scale {
         println!();
         println!(
@@ -158,20 +161,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn print_migrations(rows: &[(Procedure, Vec<Sample>)]) {
     println!(
-        "| procedure | runs | runs with downtime | downtime ms (median / max) | time to done s (median) | API requests, all clients (median) | by the operator (median) | reaction ms (median / p99, n) | pod deletes by hand (median / max) |"
+        "| procedure | runs | runs with downtime | downtime ms (median / max) | time to done s (median) | API requests, all clients (median) | by the operator (median) | pod deletes by hand (median / max) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (procedure, samples) in rows {
         let of = |f: &dyn Fn(&Sample) -> Option<f64>| summarize(samples.iter().filter_map(f));
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let downtime = of(&|s| Some(ms(s.downtime)));
         let with_downtime = samples.iter().filter(|s| !s.downtime.is_zero()).count();
-        let reactions = summarize(samples.iter().flat_map(|s| &s.reactions).map(|d| ms(*d)));
         let dash = |v: Option<Summary>, f: &dyn Fn(&Summary) -> String| {
             v.as_ref().map_or_else(|| "-".to_string(), f)
         };
         println!(
-            "| {procedure} | {} | {with_downtime} | {} | {} | {} | {} | {} | {} |",
+            "| {procedure} | {} | {with_downtime} | {} | {} | {} | {} | {} |",
             samples.len(),
             dash(downtime, &|v| format!("{:.0} / {:.0}", v.median, v.max)),
             dash(of(&|s| Some(s.to_done.as_secs_f64())), &|v| format!(
@@ -185,10 +187,6 @@ fn print_migrations(rows: &[(Procedure, Vec<Sample>)]) {
             dash(of(&|s| s.requests_operator), &|v| format!(
                 "{:.0}",
                 v.median
-            )),
-            dash(reactions, &|v| format!(
-                "{:.0} / {:.0}, {}",
-                v.median, v.p99, v.n
             )),
             dash(of(&|s| s.deletes.map(|d| d as f64)), &|v| format!(
                 "{:.0} / {:.0}",
@@ -223,14 +221,14 @@ async fn once(
         Procedure::Operator(cutover) => {
             let reactions = tokio::spawn(reactions(seen, cutover));
             migrate(client, ns, cutover).await?;
-            let reactions = tokio::time::timeout(Duration::from_secs(10), reactions)
+            let reactions = tokio::time::timeout(Duration::from_secs(15), reactions)
                 .await
                 .context("the reaction watch did not see the migration end")??;
             (reactions, None)
         }
         Procedure::Manual => {
             drop(seen);
-            (Vec::new(), Some(manual::replay(client, ns).await?.deletes))
+            ([None; 3], Some(manual::replay(client, ns).await?.deletes))
         }
     };
     let to_done = t0.elapsed();
@@ -277,38 +275,64 @@ async fn migrate(client: &Client, ns: &str, cutover: Cutover) -> anyhow::Result<
     Ok(())
 }
 
+fn print_reactions(rows: &[(Procedure, Vec<Sample>)]) {
+    println!(
+        "| reaction: condition → the operator's answer | cutover | median ms | p99 ms | max ms | n |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (procedure, samples) in rows {
+        let Procedure::Operator(cutover) = procedure else {
+            continue;
+        };
+        for (i, name) in REACTIONS.iter().enumerate() {
+            let ms = samples
+                .iter()
+                .filter_map(|s| s.reactions[i])
+                .map(|d| d.as_secs_f64() * 1000.0);
+            if let Some(v) = summarize(ms) {
+                println!(
+                    "| {name} | {cutover:?} | {:.0} | {:.0} | {:.0} | {} |",
+                    v.median, v.p99, v.max, v.n
+                );
+            }
+        }
+    }
+}
+
 /// Where the bench stops waiting: Failed is not final for the operator (it
 /// resumes once the input is fixed), but a benchmark run has failed.
 fn ended(phase: Phase) -> bool {
     matches!(phase, Phase::Succeeded | Phase::Failed | Phase::RolledBack)
 }
 
-/// Reaction latency: from the moment the bench's watches see a condition the
-/// operator waits for hold, to the moment they see the operator's answer.
-/// Three per ZeroDowntime migration, two per DeleteLegacyPods one:
-///
-/// - the SidecarMigration exists → the operator adds its finalizer;
-/// - (ZeroDowntime) the controller Deployment is Available and a new gateway
-///   pod Ready → the migration moves past WaitingForAdminService (the other
-///   cutover's step ends on another condition);
-/// - no legacy pod is left and the proxy Deployment has rolled out → the
-///   operator restores the rollout strategy (its status says so first).
-///
-/// If the operator answers before the bench sees the condition (their watches
-/// race), the sample is 0.
-async fn reactions(mut seen: Observer, cutover: Cutover) -> Vec<Duration> {
+/// The conditions whose reaction latency is measured, and the answer to each.
+/// The second is ZeroDowntime's alone: in Kong's order that step ends on
+/// another condition.
+const REACTIONS: [&str; 3] = [
+    "SidecarMigration created → finalizer added",
+    "controller Available, a new gateway pod Ready → next step",
+    "no legacy pod left, rolled out → rollout strategy restored",
+];
+
+/// Reaction latency: from the moment the bench's watches see one of
+/// [`REACTIONS`]' conditions hold to the moment they see the operator's
+/// answer. If the answer comes before or with the condition (the operator
+/// read it before the bench's watch brought it), the sample is 0.
+async fn reactions(mut seen: Observer, cutover: Cutover) -> [Option<Duration>; 3] {
     struct Probe {
         since: Option<Instant>,
         sample: Option<Duration>,
     }
-    let mut probes: Vec<Probe> = (0..3)
-        .map(|_| Probe {
-            since: None,
-            sample: None,
-        })
-        .collect();
+    let mut probes = [(); 3].map(|_| Probe {
+        since: None,
+        sample: None,
+    });
+    // After the end, the bench's own watches may still owe the last
+    // condition (the Deployment's rollout) for a moment.
+    let mut over = false;
     loop {
-        if seen.changed(Duration::from_secs(120)).await.is_err() {
+        let wait = if over { 5 } else { 120 };
+        if seen.changed(Duration::from_secs(wait)).await.is_err() {
             break;
         }
         let Some(scm) = seen.migration() else {
@@ -337,11 +361,12 @@ async fn reactions(mut seen: Observer, cutover: Cutover) -> Vec<Duration> {
                 ),
             ),
             (
-                rolled_out && phase == Phase::DeletingLegacyPods,
-                status
-                    .message
-                    .as_deref()
-                    .is_some_and(|m| m.starts_with("no legacy pod left")),
+                rolled_out && matches!(phase, Phase::DeletingLegacyPods | Phase::Succeeded),
+                phase == Phase::Succeeded
+                    || status
+                        .message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("no legacy pod left")),
             ),
         ];
         for (probe, (holds, answered)) in probes.iter_mut().zip(conditions) {
@@ -359,11 +384,16 @@ async fn reactions(mut seen: Observer, cutover: Cutover) -> Vec<Duration> {
                 probe.sample = Some(since.elapsed());
             }
         }
-        if ended(phase) {
+        over = ended(phase);
+        let measured = probes
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.sample.is_some() || (i == 1 && cutover != Cutover::ZeroDowntime));
+        if over && measured {
             break;
         }
     }
-    probes.into_iter().filter_map(|p| p.sample).collect()
+    probes.map(|p| p.sample)
 }
 
 struct Usage {
