@@ -125,17 +125,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(s) = scale {
         println!();
         println!(
-            "| migrations at once | time to all Succeeded s | operator peak RSS MiB | operator CPU s | operator requests (per migration) | watches held by the operator |"
+            "| migrations at once | time to all Succeeded s | operator peak RSS MiB | operator CPU s | operator requests (per migration) | reconciles (failed) | watches held by the operator |"
         );
-        println!("|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|");
         println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.0} ({:.1}) | {} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.0} ({:.1}) | {:.0} ({:.0}) | {} |",
             s.migrations,
             s.elapsed.as_secs_f64(),
             kib_to_mib(s.usage.peak_rss_kib),
             s.usage.cpu_seconds,
             s.requests,
             s.requests / s.migrations as f64,
+            s.reconciles,
+            s.errors,
             s.watches
         );
     }
@@ -407,6 +409,9 @@ struct Scale {
     elapsed: Duration,
     usage: Usage,
     requests: f64,
+    /// The operator's own count of reconciles, and of failed ones.
+    reconciles: f64,
+    errors: f64,
     watches: f64,
 }
 
@@ -415,11 +420,41 @@ struct OperatorProcess {
     child: tokio::process::Child,
     pid: u32,
     http: std::net::SocketAddr,
+    /// Watches kube-apiserver held before the process started.
+    watches_before: f64,
     _kubeconfig: tempfile::NamedTempFile,
 }
 
 impl OperatorProcess {
-    async fn start(cp: &ControlPlane) -> anyhow::Result<OperatorProcess> {
+    /// Starts the process and returns once it is settled: /readyz answers,
+    /// its watches are open (they start after their initial lists: 10,000
+    /// pods are 20 pages) and it has made no request for QUIET (it reconciles
+    /// every migration it finds once at start-up).
+    async fn start(cp: &ControlPlane, client: &Client) -> anyhow::Result<OperatorProcess> {
+        const QUIET: Duration = Duration::from_secs(2);
+        let watches_before = apiserver::watches(client).await?;
+        let operator = Self::spawn(cp, watches_before).await?;
+        operator.wait_ready(Duration::from_secs(300)).await?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut last = (apiserver::operator_requests(client).await?, Instant::now());
+        loop {
+            let requests = apiserver::operator_requests(client).await?;
+            if requests != last.0 {
+                last = (requests, Instant::now());
+            }
+            let watching = apiserver::watches(client).await? - watches_before >= OPERATOR_WATCHES;
+            if watching && last.1.elapsed() >= QUIET {
+                return Ok(operator);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the operator did not settle in 300 s"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn spawn(cp: &ControlPlane, watches_before: f64) -> anyhow::Result<OperatorProcess> {
         let kubeconfig = tempfile::NamedTempFile::new()?;
         apiserver::write_operator_kubeconfig(cp, kubeconfig.path())?;
         let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -437,6 +472,7 @@ impl OperatorProcess {
             child,
             pid,
             http,
+            watches_before,
             _kubeconfig: kubeconfig,
         })
     }
@@ -455,6 +491,15 @@ impl OperatorProcess {
         }
     }
 
+    /// The sum of one of the operator's own counters, from its /metrics.
+    async fn counter(&self, name: &str) -> f64 {
+        let text = http_get(&self.http, "/metrics").await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .fold(0.0, |a, b| a + b)
+    }
+
     fn usage(&self) -> anyhow::Result<Usage> {
         process_usage(self.pid)
     }
@@ -467,13 +512,19 @@ impl OperatorProcess {
 
 /// The status code of a plain HTTP/1.1 GET, or None if it failed.
 async fn http_status(addr: &std::net::SocketAddr, path: &str) -> Option<u16> {
+    let response = http_get(addr, path).await?;
+    response.get(9..12)?.parse().ok()
+}
+
+/// The whole response (head and body) to a plain HTTP/1.1 GET.
+async fn http_get(addr: &std::net::SocketAddr, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     stream.write_all(req.as_bytes()).await.ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await.ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
 }
 
 /// `n` namespaces with the fixture, then `n` SidecarMigrations at once,
@@ -494,9 +545,9 @@ async fn at_scale(
         .try_collect::<Vec<()>>()
         .await?;
 
-    let watches_before = apiserver::watches(client).await?;
+    let operator = OperatorProcess::start(cp, client).await?;
+    let watches_before = operator.watches_before;
     let requests_before = apiserver::operator_requests(client).await?;
-    let operator = OperatorProcess::start(cp).await?;
 
     let scm: SidecarMigration = serde_yaml::from_str(crate::demo::EXAMPLE)?;
     let t0 = Instant::now();
@@ -518,7 +569,9 @@ async fn at_scale(
         .await?;
     let all: Api<SidecarMigration> = Api::all(client.clone());
     let deadline = t0 + Duration::from_secs(900);
-    let mut watches = 0.0;
+    // Other clients reopen watches now and then; the median of the samples
+    // is the operator's.
+    let mut watches = Vec::new();
     loop {
         let list = all.list(&Default::default()).await?;
         let succeeded = list
@@ -531,7 +584,7 @@ async fn at_scale(
                     .is_some_and(|s| s.phase == Phase::Succeeded)
             })
             .count();
-        watches = f64::max(watches, apiserver::watches(client).await? - watches_before);
+        watches.push(apiserver::watches(client).await? - watches_before);
         if succeeded == n {
             break;
         }
@@ -545,13 +598,19 @@ async fn at_scale(
     let elapsed = t0.elapsed();
     let usage = operator.usage()?;
     let requests = apiserver::operator_requests(client).await? - requests_before;
+    let reconciles = operator.counter("sidecar_migrator_reconciles_total").await;
+    let errors = operator
+        .counter("sidecar_migrator_reconcile_errors_total")
+        .await;
     operator.stop().await;
     Ok(Scale {
         migrations: n,
         elapsed,
         usage,
         requests,
-        watches,
+        reconciles,
+        errors,
+        watches: summarize(watches.into_iter()).map_or(0.0, |w| w.median),
     })
 }
 
@@ -589,32 +648,7 @@ async fn idle_sample(
     client: &Client,
     pods: usize,
 ) -> anyhow::Result<IdleSample> {
-    let watches_before = apiserver::watches(client).await?;
-    let operator = OperatorProcess::start(cp).await?;
-    operator.wait_ready(Duration::from_secs(300)).await?;
-    // /readyz covers the SidecarMigration cache; the other watches start
-    // after their initial lists (10,000 pods are 20 pages), and the finished
-    // migrations the runs above left are reconciled once at start-up. Idle
-    // begins once all its watches are open and it has made no request for
-    // QUIET.
-    const QUIET: Duration = Duration::from_secs(2);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut last = (apiserver::operator_requests(client).await?, Instant::now());
-    loop {
-        let requests = apiserver::operator_requests(client).await?;
-        if requests != last.0 {
-            last = (requests, Instant::now());
-        }
-        let watching = apiserver::watches(client).await? - watches_before >= OPERATOR_WATCHES;
-        if watching && last.1.elapsed() >= QUIET {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the operator did not settle in 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let operator = OperatorProcess::start(cp, client).await?;
     let start = operator.usage()?;
     let requests_before = apiserver::operator_requests(client).await?;
     // Measuring over a window is the point here, not a wait for a state.
