@@ -223,11 +223,10 @@ pub async fn run(
         }
     };
     // These watches only wake the reconciler, which reads what it needs
-    // itself: metadata alone is enough, and with every Pod and Deployment of
-    // the cluster in them, keeps the operator's memory and kube-apiserver's
-    // work small.
+    // itself. An Api of PartialObjectMeta asks kube-apiserver for metadata
+    // only: with every Pod and Deployment of the cluster in these watches,
+    // that keeps the operator's memory and kube-apiserver's work small.
     let all = watcher::Config::default();
-    // (An Api of PartialObjectMeta asks kube-apiserver for metadata only.)
     controller
         .watches(
             scoped::<Meta<Deployment>>(&client, &namespace),
