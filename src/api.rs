@@ -226,6 +226,13 @@ impl Phase {
             Phase::Failed => "Failed",
         }
     }
+
+    /// Where someone watching a migration can stop: nothing moves from here
+    /// by itself. Failed is not final for the operator (it resumes once the
+    /// input is fixed), but it waits on a person.
+    pub fn is_at_rest(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::RolledBack | Phase::Failed)
+    }
 }
 
 impl std::fmt::Display for Phase {

@@ -267,7 +267,7 @@ async fn migrate(client: &Client, ns: &str, cutover: Cutover) -> anyhow::Result<
         Duration::from_secs(120),
         await_condition(api, &scm.name_any(), |m: Option<&SidecarMigration>| {
             m.and_then(|m| m.status.as_ref())
-                .is_some_and(|s| ended(s.phase))
+                .is_some_and(|s| s.phase.is_at_rest())
         }),
     )
     .await
@@ -299,12 +299,6 @@ fn print_reactions(rows: &[(Procedure, Vec<Sample>)]) {
             }
         }
     }
-}
-
-/// Where the bench stops waiting: Failed is not final for the operator (it
-/// resumes once the input is fixed), but a benchmark run has failed.
-fn ended(phase: Phase) -> bool {
-    matches!(phase, Phase::Succeeded | Phase::Failed | Phase::RolledBack)
 }
 
 /// The conditions whose reaction latency is measured, and the answer to each.
@@ -386,7 +380,7 @@ async fn reactions(mut seen: Observer, cutover: Cutover) -> [Option<Duration>; 3
                 probe.sample = Some(since.elapsed());
             }
         }
-        over = ended(phase);
+        over = phase.is_at_rest();
         let measured = probes
             .iter()
             .enumerate()
@@ -435,23 +429,22 @@ impl OperatorProcess {
         let watches_before = apiserver::watches(client).await?;
         let operator = Self::spawn(cp, watches_before).await?;
         operator.wait_ready(Duration::from_secs(300)).await?;
-        let deadline = Instant::now() + Duration::from_secs(300);
         let mut last = (apiserver::operator_requests(client).await?, Instant::now());
-        loop {
-            let requests = apiserver::operator_requests(client).await?;
-            if requests != last.0 {
-                last = (requests, Instant::now());
-            }
-            let watching = apiserver::watches(client).await? - watches_before >= OPERATOR_WATCHES;
-            if watching && last.1.elapsed() >= QUIET {
-                return Ok(operator);
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the operator did not settle in 300 s"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        testenv::wait_for(
+            Duration::from_secs(300),
+            "the operator to settle",
+            async || {
+                let requests = apiserver::operator_requests(client).await?;
+                if requests != last.0 {
+                    last = (requests, Instant::now());
+                }
+                let watching =
+                    apiserver::watches(client).await? - watches_before >= OPERATOR_WATCHES;
+                Ok((watching && last.1.elapsed() >= QUIET).then_some(()))
+            },
+        )
+        .await?;
+        Ok(operator)
     }
 
     async fn spawn(cp: &ControlPlane, watches_before: f64) -> anyhow::Result<OperatorProcess> {
@@ -461,10 +454,7 @@ impl OperatorProcess {
         let child = tokio::process::Command::new(std::env::current_exe()?)
             .args(["run", "--http-addr", &http.to_string()])
             .env("KUBECONFIG", kubeconfig.path())
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_OPERATOR_LOG").unwrap_or("error".into()),
-            )
+            .env("RUST_LOG", "error")
             .kill_on_drop(true)
             .spawn()?;
         let pid = child.id().context("the operator process has a pid")?;
@@ -479,16 +469,12 @@ impl OperatorProcess {
 
     /// Waits until /readyz answers 200: its caches have synced.
     async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        let url = format!("http://{}/readyz", self.http);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if http_status(&self.http, "/readyz").await == Some(200) {
-                return Ok(());
-            }
-            anyhow::ensure!(Instant::now() < deadline, "{url} not ready in {timeout:?}");
-            // The probe endpoint has no watch to wait on; poll it.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("http://{}/readyz to answer 200", self.http);
+        // The probe endpoint has no watch to wait on; poll it.
+        testenv::wait_for(timeout, &what, async || {
+            Ok((http_status(&self.http, "/readyz").await == Some(200)).then_some(()))
+        })
+        .await
     }
 
     /// The sum of one of the operator's own counters, from its /metrics.

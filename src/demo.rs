@@ -183,10 +183,7 @@ async fn follow(api: &Api<SidecarMigration>, name: &str, t0: Instant) -> anyhow:
             println!("{:>6.1}s  {line}", t0.elapsed().as_secs_f64());
             last = line;
         }
-        if matches!(
-            st.phase,
-            Phase::Succeeded | Phase::RolledBack | Phase::Failed
-        ) {
+        if st.phase.is_at_rest() {
             return Ok(st.phase);
         }
     }
