@@ -9,7 +9,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{ResourceExt, api::ObjectMeta};
 use serde_json::json;
 use sidecar_migrator::api::{DISCOVERY_LABEL, Phase};
-use sidecar_migrator::reconcile::{self, Context, Slots};
+use sidecar_migrator::reconcile;
 use std::sync::Arc;
 use support::*;
 
@@ -703,13 +703,7 @@ async fn a_stale_copy_of_the_migration_repeats_no_transition() {
     if let Some(status) = stale.status.as_mut() {
         status.phase = Phase::WaitingForAdminService;
     }
-    let ctx = Arc::new(Context::new(
-        case.client.clone(),
-        Some("stale".into()),
-        case.metrics.clone(),
-        Slots::new(None),
-    ));
-    reconcile::reconcile(Arc::new(stale), ctx)
+    reconcile::reconcile(Arc::new(stale), case.context())
         .await
         .expect("the reconcile succeeds");
 

@@ -79,14 +79,18 @@ impl Case {
         case
     }
 
-    pub fn start_operator(&mut self) {
-        let ctx = Arc::new(Context::new(
+    /// What the operator's reconciler runs with in this case.
+    pub fn context(&self) -> Arc<Context> {
+        Arc::new(Context::new(
             self.operator_client.clone(),
             Some("test".into()),
             self.metrics.clone(),
             Slots::new(None),
-        ));
-        let run = reconcile::run(ctx, Some(self.ns.clone()), || {});
+        ))
+    }
+
+    pub fn start_operator(&mut self) {
+        let run = reconcile::run(self.context(), Some(self.ns.clone()), || {});
         self.operator = Some(tokio::spawn(run));
     }
 
