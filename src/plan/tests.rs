@@ -1,11 +1,15 @@
 //! Table-driven tests of the state machine: each case is a SidecarMigration in
 //! some phase, what the cluster shows, and what `plan` must decide.
 
+use super::facts::{container_names, env_value};
+use super::render::record_original;
 use super::*;
 use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 const NS: &str = "kong";

@@ -1,0 +1,405 @@
+//! The migration's decision logic, pure: from a SidecarMigration and the
+//! objects observed in its namespace to the status to write, the actions to
+//! take next and the events that tell a person what happened. No I/O here; the
+//! current time is an input, so every transition is a table-driven unit test.
+
+mod deadline;
+mod drift;
+mod facts;
+mod render;
+mod rollback;
+mod status;
+mod steps;
+mod validate;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::api::*;
+
+use facts::legacy_pod_names;
+pub use facts::{
+    deployment_available, gitops_owner, has_container, is_ours, listed_pods, pod_ready,
+    rollout_complete, selector_labels,
+};
+pub use render::{
+    Rollout, admin_service, controller_objects, migrate_template, restore_template, with_rollout,
+};
+use steps::step_done_event;
+pub use steps::step_list;
+
+/// Everything the decision needs, read fresh for each reconcile.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub proxy: Option<Deployment>,
+    /// Pods selected by the proxy Deployment.
+    pub pods: Vec<Pod>,
+    /// ReplicaSets the proxy Deployment owns.
+    pub replica_sets: Vec<ReplicaSet>,
+    pub admin_service: Option<Service>,
+    /// The admin Service's EndpointSlices.
+    pub admin_slices: Vec<EndpointSlice>,
+    /// Whatever Deployment carries the controller name, ours or not.
+    pub controller: Option<Deployment>,
+    pub controller_role: Option<Role>,
+    /// The other SidecarMigrations in the namespace.
+    pub others: Vec<SidecarMigration>,
+    /// Whether this migration may start changing things now.
+    pub slot: Slot,
+}
+
+/// `--max-concurrent-migrations`: how many may be in flight at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Slot {
+    #[default]
+    Free,
+    Taken {
+        limit: usize,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Replace the proxy Deployment; the object carries the resourceVersion
+    /// it was computed from, so a concurrent edit fails with a conflict.
+    ReplaceProxy(Box<Deployment>),
+    ApplyAdminService(Box<Service>),
+    ApplyController(Box<ControllerObjects>),
+    /// Delete the controller Deployment and its Role and RoleBinding.
+    DeleteController,
+    DeleteAdminService,
+    /// Delete a ReplicaSet but leave its pods, so that evicted legacy pods are
+    /// not replaced (Kong's documented order only).
+    OrphanReplicaSet(String),
+    EvictPod(String),
+    RemoveFinalizer,
+}
+
+impl Action {
+    /// What the action does, for events and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::ReplaceProxy(d) => format!("the update of Deployment {}", d.name_any()),
+            Action::ApplyAdminService(s) => format!("the apply of Service {}", s.name_any()),
+            Action::ApplyController(o) => format!(
+                "the apply of Deployment {} and its Role and RoleBinding",
+                o.deployment.name_any()
+            ),
+            Action::DeleteController => "the deletion of the controller Deployment".into(),
+            Action::DeleteAdminService => "the deletion of the admin Service".into(),
+            Action::OrphanReplicaSet(rs) => format!("the deletion of ReplicaSet {rs}"),
+            Action::EvictPod(pod) => format!("the eviction of pod {pod}"),
+            Action::RemoveFinalizer => "the removal of the finalizer".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControllerObjects {
+    pub deployment: Deployment,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Written before any action runs.
+    pub status: SidecarMigrationStatus,
+    pub actions: Vec<Action>,
+    pub events: Vec<Event>,
+    /// Wake up then even if no watched object changes (step deadlines, retries).
+    pub requeue_after: Option<Duration>,
+}
+
+/// How long minReadySeconds is held while a Manual migration waits for
+/// approval: new gateway pods turn Ready and serve beside the legacy ones, but
+/// never count as available, so the rolling update retires no legacy pod.
+pub const APPROVAL_HOLD_MIN_READY_SECONDS: i32 = 365 * 24 * 3600;
+
+/// A held migration looks again this often (a slot frees without an event).
+const HOLD_RECHECK: Duration = Duration::from_secs(10);
+const IDLE_RECHECK: Duration = Duration::from_secs(300);
+
+enum Outcome {
+    Done,
+    Act(Vec<Action>, String),
+    Wait(String),
+    /// Not started, and waiting for something other than the cluster (dry
+    /// run, a free slot): reported as Pending with this reason.
+    Hold(&'static str, String),
+    /// Validation failed: nothing was changed.
+    Fail(&'static str, String),
+    /// Stop here without failing (the Deployment is already migrated).
+    AlreadyDone(String),
+}
+
+/// The health the three kstatus conditions report.
+struct Health {
+    ready: bool,
+    reconciling: bool,
+    stalled: bool,
+    reason: String,
+    message: String,
+}
+
+pub fn plan(scm: &SidecarMigration, obs: &Observed, now: Timestamp) -> Plan {
+    let mut p = Planner::new(scm, obs, now);
+    let health = p.run();
+    p.finish(health)
+}
+
+struct Planner<'a> {
+    scm: &'a SidecarMigration,
+    spec: &'a SidecarMigrationSpec,
+    obs: &'a Observed,
+    now: Timestamp,
+    status: SidecarMigrationStatus,
+    actions: Vec<Action>,
+    events: Vec<Event>,
+    requeue_after: Option<Duration>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(scm: &'a SidecarMigration, obs: &'a Observed, now: Timestamp) -> Self {
+        let mut status = scm.status_or_default();
+        status.steps = step_list(&scm.spec, &status.steps);
+        Planner {
+            scm,
+            spec: &scm.spec,
+            obs,
+            now,
+            status,
+            actions: Vec::new(),
+            events: Vec::new(),
+            requeue_after: None,
+        }
+    }
+
+    fn run(&mut self) -> Health {
+        let deleting = self.scm.metadata.deletion_timestamp.is_some();
+        let phase = self.status.phase;
+        if deleting
+            && (self.status.original.is_none()
+                || matches!(phase, Phase::Succeeded | Phase::RolledBack))
+        {
+            self.actions.push(Action::RemoveFinalizer);
+            return self.health_for_phase();
+        }
+        if !deleting && matches!(phase, Phase::Succeeded | Phase::RolledBack) {
+            self.status.legacy_pods = legacy_pod_names(self.spec, self.obs);
+            return self.health_for_phase();
+        }
+        if deleting || self.spec.rollback || phase == Phase::RollingBack {
+            let why = if deleting {
+                "the SidecarMigration is being deleted before it finished"
+            } else if self.spec.rollback {
+                "spec.rollback is true"
+            } else {
+                "a step failed"
+            };
+            return self.roll_back(why);
+        }
+        if self.spec.paused {
+            if phase != Phase::Paused {
+                self.transition(
+                    Phase::Paused,
+                    false,
+                    "Paused",
+                    "spec.paused is true: no further changes until it is false".into(),
+                );
+            }
+            self.status.message = Some("paused: set spec.paused to false to resume".into());
+            return Health {
+                ready: false,
+                reconciling: false,
+                stalled: false,
+                reason: "Paused".into(),
+                message: "spec.paused is true".into(),
+            };
+        }
+        if phase == Phase::Paused {
+            self.resume();
+        }
+        self.forward()
+    }
+
+    fn resume(&mut self) {
+        let now = self.now;
+        if let Some(step) = self
+            .status
+            .steps
+            .iter_mut()
+            .find(|s| s.state == StepState::Running)
+        {
+            step.started_at = Some(Time(now));
+            step.attempts += 1;
+        }
+        self.events.push(Event {
+            warning: false,
+            reason: "Resumed".into(),
+            note: "spec.paused is false: the migration goes on".into(),
+        });
+    }
+
+    fn forward(&mut self) -> Health {
+        for i in 0..self.status.steps.len() {
+            if self.status.steps[i].state == StepState::Succeeded {
+                continue;
+            }
+            let name = self.status.steps[i].name;
+            if self.status.steps[i].state != StepState::Running {
+                let step = &mut self.status.steps[i];
+                step.state = StepState::Running;
+                step.started_at = Some(Time(self.now));
+                step.attempts += 1;
+                step.message = None;
+            }
+            if self.status.phase != name {
+                self.status.phase = name;
+            }
+            if let Some(health) = self.check_drift(name) {
+                return health;
+            }
+            if let Some(health) = self.check_timeout(i) {
+                return health;
+            }
+            let outcome = self.step(name);
+            match outcome {
+                Outcome::Done => {
+                    let step = &mut self.status.steps[i];
+                    step.state = StepState::Succeeded;
+                    step.finished_at = Some(Time(self.now));
+                    step.message = None;
+                    let (reason, note) = step_done_event(name, self.spec);
+                    self.events.push(Event {
+                        warning: false,
+                        reason: reason.into(),
+                        note,
+                    });
+                }
+                Outcome::Act(actions, message) => {
+                    self.actions.extend(actions);
+                    self.status.steps[i].message = Some(message.clone());
+                    self.status.message = Some(message.clone());
+                    self.requeue_after = Some(self.time_left(i).min(IDLE_RECHECK));
+                    return self.progressing(name, message);
+                }
+                Outcome::Wait(message) => {
+                    self.status.steps[i].message = Some(message.clone());
+                    self.status.message = Some(message.clone());
+                    self.requeue_after = Some(self.time_left(i).min(IDLE_RECHECK));
+                    if name == Phase::AwaitingApproval {
+                        return Health {
+                            ready: false,
+                            reconciling: false,
+                            stalled: false,
+                            reason: "AwaitingApproval".into(),
+                            message,
+                        };
+                    }
+                    return self.progressing(name, message);
+                }
+                Outcome::Hold(reason, message) => {
+                    self.status.steps[i].message = Some(message.clone());
+                    self.status.message = Some(message.clone());
+                    self.status.phase = Phase::Pending;
+                    self.requeue_after = Some(HOLD_RECHECK);
+                    return Health {
+                        ready: false,
+                        reconciling: false,
+                        stalled: false,
+                        reason: reason.into(),
+                        message,
+                    };
+                }
+                Outcome::Fail(reason, message) => {
+                    // A failed validation changed nothing and stays Running:
+                    // it is tried again when a watched object changes, so
+                    // fixing the cause is enough to go on.
+                    self.status.steps[i].message = Some(message.clone());
+                    self.requeue_after = Some(IDLE_RECHECK);
+                    self.transition(Phase::Failed, true, reason, message.clone());
+                    self.status.message = Some(message.clone());
+                    return Health {
+                        ready: false,
+                        reconciling: false,
+                        stalled: true,
+                        reason: reason.into(),
+                        message,
+                    };
+                }
+                Outcome::AlreadyDone(message) => {
+                    for step in &mut self.status.steps {
+                        step.state = StepState::Succeeded;
+                        step.finished_at.get_or_insert(Time(self.now));
+                    }
+                    self.status.message = Some(message.clone());
+                    self.transition(Phase::Succeeded, false, "AlreadyMigrated", message);
+                    return self.health_for_phase();
+                }
+            }
+        }
+        let message = format!(
+            "migrated: Deployment {} runs without the sidecar and Deployment {} discovers it through Service {}",
+            self.spec.proxy_deployment,
+            self.spec.controller_name(),
+            self.spec.admin_service_name()
+        );
+        self.status.message = Some(message.clone());
+        self.transition(Phase::Succeeded, false, "MigrationSucceeded", message);
+        self.health_for_phase()
+    }
+
+    fn progressing(&mut self, name: Phase, message: String) -> Health {
+        Health {
+            ready: false,
+            reconciling: true,
+            stalled: false,
+            reason: name.as_str().into(),
+            message,
+        }
+    }
+
+    fn step(&mut self, name: Phase) -> Outcome {
+        match name {
+            Phase::Validating => self.validate(),
+            Phase::DisablingSidecar => self.disable_sidecar(),
+            Phase::DeployingController => self.deploy_controller(),
+            Phase::WaitingForAdminService => self.wait_for_admin_service(),
+            Phase::AwaitingApproval => self.await_approval(),
+            Phase::DeletingLegacyPods => self.delete_legacy_pods(),
+            _ => Outcome::Done,
+        }
+    }
+
+    // ---- bookkeeping -------------------------------------------------------
+
+    /// Moves to `to`, with an event unless the stored status was there already.
+    fn transition(&mut self, to: Phase, warning: bool, reason: &str, note: String) {
+        self.status.phase = to;
+        if self.scm.status.as_ref().map(|s| s.phase) != Some(to) {
+            self.events.push(Event {
+                warning,
+                reason: reason.into(),
+                note,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,47 @@
+//! The objects the operator writes. Everything a security review audits is
+//! here: the proxy Deployment's new template, the admin Service, the
+//! controller Deployment and its RBAC.
+
+mod admin_service;
+mod controller;
+mod proxy;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+
+use crate::api::*;
+
+pub use admin_service::admin_service;
+pub(super) use admin_service::{adopted_service_restored, service_matches};
+pub use controller::controller_objects;
+pub(super) use proxy::record_original;
+pub use proxy::{Rollout, migrate_template, restore_template, with_rollout};
+
+pub(super) fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+fn migration_labels(scm: &SidecarMigration) -> BTreeMap<String, String> {
+    BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())])
+        .into_iter()
+        .chain(std::iter::once((
+            "app.kubernetes.io/part-of".to_string(),
+            scm.spec.proxy_deployment.clone(),
+        )))
+        .collect()
+}
+
+pub(super) fn migration_meta(scm: &SidecarMigration, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: scm.namespace(),
+        labels: Some(migration_labels(scm)),
+        annotations: Some(BTreeMap::from([(
+            MIGRATION_ANNOTATION.to_string(),
+            scm.name_any(),
+        )])),
+        ..Default::default()
+    }
+}

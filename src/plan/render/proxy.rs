@@ -1,0 +1,209 @@
+//! The proxy Deployment as the migration renders it, and as rollback
+//! restores it from the record kept before the first change.
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::*;
+use crate::kong;
+use crate::plan::{APPROVAL_HOLD_MIN_READY_SECONDS, is_ours};
+
+use super::to_value;
+
+pub(crate) fn record_original(
+    spec: &SidecarMigrationSpec,
+    proxy: &Deployment,
+    admin_service: Option<&Service>,
+    scm: &SidecarMigration,
+) -> Option<Original> {
+    let dspec = proxy.spec.as_ref()?;
+    let containers = &dspec.template.spec.as_ref()?.containers;
+    let index = containers
+        .iter()
+        .position(|c| c.name == spec.controller_container())?;
+    let proxy_c = containers
+        .iter()
+        .find(|c| c.name == spec.proxy_container())?;
+    let adopted_admin_service = admin_service
+        .filter(|s| !is_ours(&s.metadata, scm))
+        .map(|s| AdoptedService {
+            selector: s
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .unwrap_or_default(),
+            ports: to_value(
+                &s.spec
+                    .as_ref()
+                    .and_then(|s| s.ports.clone())
+                    .unwrap_or_default(),
+            ),
+        });
+    Some(Original {
+        sidecar: to_value(&containers[index]),
+        sidecar_index: index as u32,
+        proxy_env: to_value(&proxy_c.env.clone().unwrap_or_default()),
+        proxy_ports: to_value(&proxy_c.ports.clone().unwrap_or_default()),
+        strategy: dspec.strategy.as_ref().map(to_value),
+        min_ready_seconds: dspec.min_ready_seconds,
+        progress_deadline_seconds: dspec.progress_deadline_seconds,
+        adopted_admin_service,
+    })
+}
+
+/// The proxy Deployment rendered for Gateway Discovery: no sidecar, the Admin
+/// API on all interfaces under the port name KIC looks for, no KONG_KIC, and
+/// the label the admin Service selects on. Applying it twice changes nothing.
+pub fn migrate_template(proxy: &Deployment, spec: &SidecarMigrationSpec) -> Deployment {
+    let mut d = proxy.clone();
+    let Some(tmpl) = d.spec.as_mut().map(|s| &mut s.template) else {
+        return d;
+    };
+    tmpl.metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(DISCOVERY_LABEL.into(), "true".into());
+    let Some(pod) = tmpl.spec.as_mut() else {
+        return d;
+    };
+    pod.containers
+        .retain(|c| c.name != spec.controller_container());
+    if let Some(c) = pod
+        .containers
+        .iter_mut()
+        .find(|c| c.name == spec.proxy_container())
+    {
+        let env = c.env.get_or_insert_with(Vec::new);
+        env.retain(|e| e.name != kong::ENV_KONG_KIC);
+        match env.iter_mut().find(|e| e.name == kong::ENV_ADMIN_LISTEN) {
+            Some(e) => {
+                e.value = Some(kong::admin_listen_all_interfaces(
+                    e.value.as_deref().unwrap_or_default(),
+                ))
+            }
+            None => env.push(EnvVar {
+                name: kong::ENV_ADMIN_LISTEN.into(),
+                value: Some(kong::admin_listen_all_interfaces(
+                    kong::SIDECAR_ADMIN_LISTEN,
+                )),
+                ..Default::default()
+            }),
+        }
+        let ports = c.ports.get_or_insert_with(Vec::new);
+        if let Some(p) = ports
+            .iter_mut()
+            .find(|p| p.container_port == kong::ADMIN_PORT)
+        {
+            p.name = Some(kong::ADMIN_CONTAINER_PORT_NAME.into());
+        } else {
+            ports.push(ContainerPort {
+                name: Some(kong::ADMIN_CONTAINER_PORT_NAME.into()),
+                container_port: kong::ADMIN_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            });
+        }
+    }
+    d
+}
+
+/// The proxy Deployment's template as the sidecar rendering had it.
+pub fn restore_template(
+    proxy: &Deployment,
+    spec: &SidecarMigrationSpec,
+    original: &Original,
+) -> Deployment {
+    let mut d = proxy.clone();
+    let Some(tmpl) = d.spec.as_mut().map(|s| &mut s.template) else {
+        return d;
+    };
+    if let Some(labels) = tmpl.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        labels.remove(DISCOVERY_LABEL);
+    }
+    let Some(pod) = tmpl.spec.as_mut() else {
+        return d;
+    };
+    if let Some(c) = pod
+        .containers
+        .iter_mut()
+        .find(|c| c.name == spec.proxy_container())
+    {
+        let env: Vec<EnvVar> =
+            serde_json::from_value(original.proxy_env.clone()).unwrap_or_default();
+        let ports: Vec<ContainerPort> =
+            serde_json::from_value(original.proxy_ports.clone()).unwrap_or_default();
+        c.env = (!env.is_empty()).then_some(env);
+        c.ports = (!ports.is_empty()).then_some(ports);
+    }
+    if !pod
+        .containers
+        .iter()
+        .any(|c| c.name == spec.controller_container())
+        && let Ok(sidecar) = serde_json::from_value::<Container>(original.sidecar.clone())
+    {
+        let at = (original.sidecar_index as usize).min(pod.containers.len());
+        pod.containers.insert(at, sidecar);
+    }
+    d
+}
+
+pub enum Rollout {
+    /// maxUnavailable 0 so a legacy pod leaves only once a new pod is
+    /// available; with `approval_hold`, new pods never count as available.
+    Held { approval_hold: bool },
+    /// The user's own settings, as recorded.
+    Original,
+}
+
+pub fn with_rollout(mut d: Deployment, rollout: Rollout, original: &Original) -> Deployment {
+    let Some(spec) = d.spec.as_mut() else {
+        return d;
+    };
+    let recorded: Option<DeploymentStrategy> = original
+        .strategy
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok());
+    match rollout {
+        Rollout::Original => {
+            spec.strategy = recorded;
+            spec.min_ready_seconds = original.min_ready_seconds;
+            spec.progress_deadline_seconds = original.progress_deadline_seconds;
+        }
+        Rollout::Held { approval_hold } => {
+            let surge = recorded
+                .as_ref()
+                .filter(|s| s.type_.as_deref() != Some("Recreate"))
+                .and_then(|s| s.rolling_update.as_ref())
+                .and_then(|r| r.max_surge.clone())
+                .filter(|s| {
+                    !matches!(s, IntOrString::Int(0))
+                        && !matches!(s, IntOrString::String(p) if p == "0%")
+                })
+                .unwrap_or(IntOrString::Int(1));
+            spec.strategy = Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(surge),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            });
+            // The API server requires progressDeadlineSeconds above
+            // minReadySeconds, and a held rollout must not be reported as
+            // failed while it waits for approval.
+            (spec.min_ready_seconds, spec.progress_deadline_seconds) = if approval_hold {
+                (
+                    Some(APPROVAL_HOLD_MIN_READY_SECONDS),
+                    Some(APPROVAL_HOLD_MIN_READY_SECONDS + 1),
+                )
+            } else {
+                (
+                    original.min_ready_seconds,
+                    original.progress_deadline_seconds,
+                )
+            };
+        }
+    }
+    d
+}

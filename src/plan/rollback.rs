@@ -1,0 +1,143 @@
+//! RollingBack: undo in the reverse order of the migration.
+
+use crate::api::*;
+
+use super::facts::rollout_summary;
+use super::render::{adopted_service_restored, service_matches};
+use super::{
+    Action, Health, IDLE_RECHECK, Outcome, Planner, Rollout, has_container, is_ours,
+    restore_template, rollout_complete, with_rollout,
+};
+
+impl Planner<'_> {
+    pub(super) fn roll_back_because(&mut self, why: String) -> Health {
+        self.status.message = Some(why.clone());
+        self.roll_back(&why)
+    }
+
+    pub(super) fn roll_back(&mut self, why: &str) -> Health {
+        if self.status.phase != Phase::RollingBack {
+            self.transition(
+                Phase::RollingBack,
+                true,
+                "RollingBack",
+                format!("rolling back: {why}"),
+            );
+        }
+        let Some(original) = self.status.original.clone() else {
+            let message = "rolled back: nothing had been changed".to_string();
+            self.status.message = Some(message.clone());
+            self.transition(Phase::RolledBack, false, "RolledBack", message);
+            if self.scm.metadata.deletion_timestamp.is_some() {
+                self.actions.push(Action::RemoveFinalizer);
+            }
+            return self.health_for_phase();
+        };
+        let outcome = self.restore(&original);
+        match outcome {
+            Outcome::Done => {
+                let message = "rolled back: the sidecar installation is restored and the migration's objects are removed".to_string();
+                self.status.message = Some(message.clone());
+                self.status.legacy_pods.clear();
+                self.status.controller_deployment = None;
+                self.transition(Phase::RolledBack, false, "RolledBack", message);
+                if self.scm.metadata.deletion_timestamp.is_some() {
+                    self.actions.push(Action::RemoveFinalizer);
+                }
+                self.health_for_phase()
+            }
+            Outcome::Act(actions, message) => {
+                self.actions.extend(actions);
+                self.status.message = Some(message.clone());
+                self.requeue_after = Some(IDLE_RECHECK);
+                self.progressing(Phase::RollingBack, message)
+            }
+            Outcome::Wait(message)
+            | Outcome::Hold(_, message)
+            | Outcome::Fail(_, message)
+            | Outcome::AlreadyDone(message) => {
+                self.status.message = Some(message.clone());
+                self.requeue_after = Some(IDLE_RECHECK);
+                self.progressing(Phase::RollingBack, message)
+            }
+        }
+    }
+
+    /// Undo in the reverse order of the migration, so traffic keeps a Ready
+    /// proxy: sidecar pods first (they turn Ready by themselves), then the
+    /// controller and the admin Service, then the rollout settings.
+    pub(super) fn restore(&mut self, original: &Original) -> Outcome {
+        let spec = self.spec;
+        let mut restored = None;
+        if let Some(proxy) = &self.obs.proxy {
+            let template = restore_template(proxy, spec, original);
+            if template != *proxy {
+                let held = with_rollout(
+                    template,
+                    Rollout::Held {
+                        approval_hold: false,
+                    },
+                    original,
+                );
+                return Outcome::Act(
+                    vec![Action::ReplaceProxy(Box::new(held))],
+                    format!(
+                        "restoring the {} sidecar in Deployment {}",
+                        spec.controller_container(),
+                        spec.proxy_deployment
+                    ),
+                );
+            }
+            let new_pods_left = self
+                .obs
+                .pods
+                .iter()
+                .any(|p| !has_container(p, spec.controller_container()));
+            if new_pods_left || !rollout_complete(proxy) {
+                return Outcome::Wait(format!(
+                    "waiting for the sidecar pods to roll out: Deployment {}: {}",
+                    spec.proxy_deployment,
+                    rollout_summary(proxy)
+                ));
+            }
+            restored = Some(with_rollout(template, Rollout::Original, original));
+        }
+        let mut actions = Vec::new();
+        let controller_ours = self
+            .obs
+            .controller
+            .as_ref()
+            .is_some_and(|c| is_ours(&c.metadata, self.scm));
+        if controller_ours || self.obs.controller_role.is_some() {
+            actions.push(Action::DeleteController);
+        }
+        if let Some(svc) = &self.obs.admin_service {
+            match &original.adopted_admin_service {
+                Some(adopted) => {
+                    if let Some(proxy) = &self.obs.proxy {
+                        let want = adopted_service_restored(self.scm, proxy, adopted);
+                        if !service_matches(Some(svc), &want) {
+                            actions.push(Action::ApplyAdminService(Box::new(want)));
+                        }
+                    }
+                }
+                None if is_ours(&svc.metadata, self.scm) => {
+                    actions.push(Action::DeleteAdminService)
+                }
+                None => {}
+            }
+        }
+        if let (Some(restored), Some(proxy)) = (restored, &self.obs.proxy)
+            && restored != *proxy
+        {
+            actions.push(Action::ReplaceProxy(Box::new(restored)));
+        }
+        if actions.is_empty() {
+            return Outcome::Done;
+        }
+        Outcome::Act(
+            actions,
+            "removing the controller Deployment and the admin Service".into(),
+        )
+    }
+}

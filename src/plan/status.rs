@@ -1,0 +1,112 @@
+//! The status fields every reconcile rewrites: the step counter and the
+//! three kstatus conditions (Ready, Reconciling, Stalled).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::*;
+
+use super::{Health, Plan, Planner};
+
+impl Planner<'_> {
+    pub(super) fn health_for_phase(&self) -> Health {
+        let message = self.status.message.clone().unwrap_or_default();
+        match self.status.phase {
+            Phase::Succeeded => Health {
+                ready: true,
+                reconciling: false,
+                stalled: false,
+                reason: "Succeeded".into(),
+                message,
+            },
+            Phase::RolledBack if self.spec.rollback => Health {
+                ready: true,
+                reconciling: false,
+                stalled: false,
+                reason: "RolledBack".into(),
+                message,
+            },
+            Phase::RolledBack => Health {
+                ready: false,
+                reconciling: false,
+                stalled: true,
+                reason: "RolledBack".into(),
+                message,
+            },
+            phase => Health {
+                ready: false,
+                reconciling: true,
+                stalled: false,
+                reason: phase.as_str().into(),
+                message,
+            },
+        }
+    }
+
+    pub(super) fn finish(mut self, health: Health) -> Plan {
+        let generation = self.scm.metadata.generation;
+        self.status.observed_generation = generation;
+        let total = self.status.steps.len();
+        let current = self
+            .status
+            .steps
+            .iter()
+            .position(|s| s.state != StepState::Succeeded)
+            .map(|i| i + 1)
+            .unwrap_or(total);
+        self.status.step = Some(format!("{current}/{total}"));
+        let old = self
+            .scm
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        let cond = |type_: &str, on: bool| {
+            condition(
+                old,
+                type_,
+                on,
+                &health.reason,
+                &health.message,
+                generation,
+                self.now,
+            )
+        };
+        self.status.conditions = vec![
+            cond("Ready", health.ready),
+            cond("Reconciling", health.reconciling),
+            cond("Stalled", health.stalled),
+        ];
+        Plan {
+            status: self.status,
+            actions: self.actions,
+            events: self.events,
+            requeue_after: self.requeue_after,
+        }
+    }
+}
+
+pub(super) fn condition(
+    old: &[Condition],
+    type_: &str,
+    on: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if on { "True" } else { "False" };
+    let since = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}

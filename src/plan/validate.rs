@@ -1,0 +1,328 @@
+//! Validating: whether the Deployment can be migrated, and the plan that
+//! status.plan shows (a dry run stops here).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Container;
+use kube::ResourceExt;
+
+use crate::api::*;
+use crate::kong;
+
+use super::facts::{container_names, env_value, legacy_pod_names};
+use super::{Event, Observed, Outcome, Planner, Slot, gitops_owner, is_ours, selector_labels};
+
+impl Planner<'_> {
+    pub(super) fn validate(&mut self) -> Outcome {
+        let spec = self.spec;
+        let name = &spec.proxy_deployment;
+        let Some(proxy) = &self.obs.proxy else {
+            return Outcome::Fail(
+                "ProxyDeploymentNotFound",
+                format!(
+                    "Deployment {name} not found in namespace {}: set spec.proxyDeployment to the Deployment that runs the {} and {} containers",
+                    self.scm.namespace().unwrap_or_default(),
+                    spec.proxy_container(),
+                    spec.controller_container()
+                ),
+            );
+        };
+        // Before anything about the template: another migration in flight
+        // has already changed it.
+        if let Some(other) = self.rival() {
+            return Outcome::Fail(
+                "DuplicateMigration",
+                format!(
+                    "SidecarMigration {other} already migrates Deployment {name}: delete this one, or that one if it is the mistake"
+                ),
+            );
+        }
+        let Some(pod) = proxy.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+            return Outcome::Fail(
+                "ProxyDeploymentInvalid",
+                format!("Deployment {name} has no pod template"),
+            );
+        };
+        let Some(proxy_c) = pod
+            .containers
+            .iter()
+            .find(|c| c.name == spec.proxy_container())
+        else {
+            return Outcome::Fail(
+                "ProxyContainerNotFound",
+                format!(
+                    "Deployment {name} has no container named {:?} (it has {}): set spec.containers.proxy",
+                    spec.proxy_container(),
+                    container_names(&pod.containers)
+                ),
+            );
+        };
+        let Some(sidecar) = pod
+            .containers
+            .iter()
+            .find(|c| c.name == spec.controller_container())
+        else {
+            let listen = env_value(proxy_c, kong::ENV_ADMIN_LISTEN).unwrap_or_default();
+            return if kong::admin_listen_is_local_only(&listen) {
+                Outcome::Fail(
+                    "SidecarNotFound",
+                    format!(
+                        "Deployment {name} has no container named {:?} and its Admin API listens only on localhost: set spec.containers.controller to the sidecar's name",
+                        spec.controller_container()
+                    ),
+                )
+            } else {
+                Outcome::AlreadyDone(format!(
+                    "Deployment {name} has no {:?} sidecar: it already runs in Gateway Discovery mode, nothing to do",
+                    spec.controller_container()
+                ))
+            };
+        };
+        if let Some(c) = &self.obs.controller
+            && !is_ours(&c.metadata, self.scm)
+        {
+            return Outcome::Fail(
+                "ControllerNameTaken",
+                format!(
+                    "Deployment {} exists and was not made by this SidecarMigration: set spec.controller.name to a free name",
+                    c.name_any()
+                ),
+            );
+        }
+        if selector_labels(proxy).is_empty() {
+            return Outcome::Fail(
+                "UnsupportedSelector",
+                format!(
+                    "Deployment {name} selects its pods without matchLabels; the admin Service needs labels to select them"
+                ),
+            );
+        }
+        if proxy_c
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == kong::ENV_ADMIN_LISTEN && e.value_from.is_some())
+        {
+            return Outcome::Fail(
+                "AdminListenNotLiteral",
+                format!(
+                    "the {} container sets {} through valueFrom; set it as a literal value so it can be rewritten",
+                    spec.proxy_container(),
+                    kong::ENV_ADMIN_LISTEN
+                ),
+            );
+        }
+        let mut warnings = Vec::new();
+        let image = spec
+            .controller
+            .as_ref()
+            .and_then(|c| c.image.clone())
+            .or_else(|| sidecar.image.clone())
+            .unwrap_or_default();
+        match kong::image_version(&image) {
+            Some(v) if v < kong::MIN_KIC_VERSION => {
+                return Outcome::Fail(
+                    "UnsupportedControllerVersion",
+                    format!(
+                        "the controller image {image} is KIC {v}; Gateway Discovery with separate gateway pods needs KIC {} or newer: upgrade the chart first, or set spec.controller.image",
+                        kong::MIN_KIC_VERSION
+                    ),
+                );
+            }
+            Some(v) => self.status.controller_version = Some(v.to_string()),
+            None => warnings.push(format!(
+                "the controller image {image:?} names no version; make sure it is KIC {} or newer",
+                kong::MIN_KIC_VERSION
+            )),
+        }
+        self.status.database = Some(kong::database_mode(
+            env_value(proxy_c, kong::ENV_DATABASE).as_deref(),
+        ));
+        if let Some(owner) = gitops_owner(&proxy.metadata) {
+            warnings.push(format!(
+                "Deployment {name} is managed by {owner}: commit the migrated values (kong chart: ingressController.enabled: false, admin.enabled: true, admin.type: ClusterIP, admin.clusterIP: None; and a controller release of the chart with deployment.kong.enabled: false, ingressController.enabled: true, ingressController.gatewayDiscovery.enabled: true, ingressController.gatewayDiscovery.adminApiService.name: {}) or {owner} will put the sidecar back",
+                spec.admin_service_name()
+            ));
+        }
+        if self.status.warnings != warnings {
+            for w in &warnings {
+                self.events.push(Event {
+                    warning: true,
+                    reason: "ValidationWarning".into(),
+                    note: w.clone(),
+                });
+            }
+            self.status.warnings = warnings;
+        }
+        self.status.plan = planned_changes(spec, self.scm, proxy, sidecar, proxy_c, self.obs);
+        if spec.dry_run {
+            return Outcome::Hold(
+                "DryRun",
+                format!(
+                    "dry run: {} changes planned in status.plan; set spec.dryRun to false to apply them",
+                    self.status.plan.len()
+                ),
+            );
+        }
+        if let Slot::Taken { limit } = self.obs.slot {
+            return Outcome::Hold(
+                "WaitingForSlot",
+                format!(
+                    "{limit} migration(s) already in flight (--max-concurrent-migrations={limit}); this one starts when one of them ends"
+                ),
+            );
+        }
+        Outcome::Done
+    }
+
+    /// The oldest other unfinished SidecarMigration of the same Deployment.
+    pub(super) fn rival(&self) -> Option<String> {
+        let me = (self.scm.creation_timestamp(), self.scm.name_any());
+        self.obs
+            .others
+            .iter()
+            .filter(|o| {
+                o.spec.proxy_deployment == self.spec.proxy_deployment && o.name_any() != me.1
+            })
+            .filter(|o| {
+                let phase = o.status.as_ref().map(|s| s.phase).unwrap_or_default();
+                !matches!(phase, Phase::RolledBack | Phase::Succeeded | Phase::Failed)
+                    || o.status
+                        .as_ref()
+                        .is_some_and(|s| s.original.is_some() && phase == Phase::Failed)
+            })
+            .find(|o| {
+                let started = o.status.as_ref().is_some_and(|s| s.original.is_some());
+                started || (o.creation_timestamp(), o.name_any()) < me
+            })
+            .map(|o| o.name_any())
+    }
+}
+
+/// Every change the migration will make, for status.plan (dry run too).
+fn planned_changes(
+    spec: &SidecarMigrationSpec,
+    scm: &SidecarMigration,
+    proxy: &Deployment,
+    sidecar: &Container,
+    proxy_c: &Container,
+    obs: &Observed,
+) -> Vec<PlannedChange> {
+    let deploy = format!("Deployment/{}", spec.proxy_deployment);
+    let svc = format!("Service/{}", spec.admin_service_name());
+    let ctrl = format!("Deployment/{}", spec.controller_name());
+    let listen = env_value(proxy_c, kong::ENV_ADMIN_LISTEN)
+        .unwrap_or_else(|| kong::SIDECAR_ADMIN_LISTEN.into());
+    let change = |step, object: &str, change: String| PlannedChange {
+        step,
+        object: object.into(),
+        change,
+    };
+    let mut out = vec![
+        change(
+            Phase::DisablingSidecar,
+            &deploy,
+            format!("remove container {}", sidecar.name),
+        ),
+        change(
+            Phase::DisablingSidecar,
+            &deploy,
+            format!(
+                "{}: {listen:?} -> {:?}",
+                kong::ENV_ADMIN_LISTEN,
+                kong::admin_listen_all_interfaces(&listen)
+            ),
+        ),
+        change(
+            Phase::DisablingSidecar,
+            &deploy,
+            format!(
+                "add container port {} {}",
+                kong::ADMIN_CONTAINER_PORT_NAME,
+                kong::ADMIN_PORT
+            ),
+        ),
+        change(
+            Phase::DisablingSidecar,
+            &deploy,
+            format!("add pod label {DISCOVERY_LABEL}=true"),
+        ),
+        change(
+            Phase::DisablingSidecar,
+            &deploy,
+            "hold rollingUpdate maxUnavailable 0 until the migration ends".into(),
+        ),
+    ];
+    if env_value(proxy_c, kong::ENV_KONG_KIC).is_some() {
+        out.insert(
+            2,
+            change(
+                Phase::DisablingSidecar,
+                &deploy,
+                format!("remove env {}", kong::ENV_KONG_KIC),
+            ),
+        );
+    }
+    let service_verb = match &obs.admin_service {
+        Some(s) if !is_ours(&s.metadata, scm) => "adopt",
+        _ => "create headless",
+    };
+    out.push(change(
+        Phase::DisablingSidecar,
+        &svc,
+        format!(
+            "{service_verb} Service selecting {}{} on port {} {}",
+            selector_labels(proxy)
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            if spec.cutover == Cutover::ZeroDowntime {
+                format!(",{DISCOVERY_LABEL}=true")
+            } else {
+                String::new()
+            },
+            kong::ADMIN_SERVICE_PORT_NAME,
+            kong::ADMIN_PORT
+        ),
+    ));
+    let image = spec
+        .controller
+        .as_ref()
+        .and_then(|c| c.image.clone())
+        .or_else(|| sidecar.image.clone())
+        .unwrap_or_default();
+    out.push(change(
+        Phase::DeployingController,
+        &ctrl,
+        format!(
+            "create with image {image}, {}={}/{} instead of {}",
+            kong::ENV_CONTROLLER_ADMIN_SVC,
+            scm.namespace().unwrap_or_default(),
+            spec.admin_service_name(),
+            kong::ENV_CONTROLLER_ADMIN_URL
+        ),
+    ));
+    out.push(change(
+        Phase::DeployingController,
+        &format!("Role/{}-endpointslices", spec.controller_name()),
+        "create with RoleBinding: get, list, watch discovery.k8s.io endpointslices".into(),
+    ));
+    let legacy = legacy_pod_names(spec, obs);
+    let how = match spec.cutover {
+        Cutover::ZeroDowntime => "retired by the rolling update once new pods are Ready",
+        Cutover::DeleteLegacyPods => "evicted, one at a time",
+    };
+    for pod in legacy {
+        out.push(change(
+            Phase::DeletingLegacyPods,
+            &format!("Pod/{pod}"),
+            how.into(),
+        ));
+    }
+    out.push(change(
+        Phase::DeletingLegacyPods,
+        &deploy,
+        "restore the rollout strategy".into(),
+    ));
+    out
+}
