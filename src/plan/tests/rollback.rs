@@ -1,0 +1,139 @@
+//! Rolling back from every phase, and deletion of an unfinished migration.
+
+use super::*;
+
+#[test]
+fn rollback_from_every_phase_restores_the_sidecar() {
+    let d = sidecar_deployment("kic:3.4");
+    for phase in [
+        Phase::DisablingSidecar,
+        Phase::DeployingController,
+        Phase::WaitingForAdminService,
+        Phase::AwaitingApproval,
+        Phase::DeletingLegacyPods,
+    ] {
+        let mut m = in_phase(json!({ "approval": "Manual", "rollback": true }), phase, &d);
+        let obs = Observed {
+            proxy: Some(migrated(&d, &m, true)),
+            pods: vec![pod("new", false, true, "10.0.0.2")],
+            ..Default::default()
+        };
+        let p = plan(&m, &obs, later(1));
+        assert_eq!(p.status.phase, Phase::RollingBack, "{phase}");
+        assert!(has_event(&p, "RollingBack"), "{phase}");
+        let Some(Action::ReplaceProxy(back)) = p.actions.first() else {
+            panic!("{phase}: {:?}", p.actions)
+        };
+        let pod_spec = back
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod");
+        assert_eq!(
+            container_names(&pod_spec.containers),
+            "ingress-controller, proxy",
+            "{phase}"
+        );
+        assert_eq!(
+            back.spec.as_ref().and_then(|s| s.min_ready_seconds),
+            None,
+            "{phase}: no approval hold in rollback"
+        );
+
+        // Once the sidecar pods have rolled out, the migration's objects go, then the rollout settings return.
+        m.status = Some(p.status.clone());
+        let mut rolled = *back.clone();
+        rolled.status = Some(settled(1));
+        let ctrl = controller_objects(
+            &m,
+            &d,
+            m.status
+                .as_ref()
+                .and_then(|s| s.original.as_ref())
+                .expect("original"),
+        )
+        .expect("controller");
+        let obs = Observed {
+            proxy: Some(rolled.clone()),
+            pods: vec![pod("restored", true, true, "10.0.0.5")],
+            controller: Some(ctrl.deployment.clone()),
+            controller_role: Some(ctrl.role.clone()),
+            admin_service: Some(admin_service(&m, &d, true)),
+            ..Default::default()
+        };
+        let p = plan(&m, &obs, later(2));
+        assert!(
+            p.actions.contains(&Action::DeleteController),
+            "{phase}: {:?}",
+            p.actions
+        );
+        assert!(p.actions.contains(&Action::DeleteAdminService), "{phase}");
+        let restored = p.actions.iter().find_map(|a| match a {
+            Action::ReplaceProxy(d) => Some(d.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            restored.and_then(|r| r.spec.and_then(|s| s.strategy)),
+            d.spec.as_ref().and_then(|s| s.strategy.clone())
+        );
+        let mut original_again = d.clone();
+        original_again.status = Some(settled(1));
+        let gone = Observed {
+            proxy: Some(original_again),
+            pods: vec![pod("restored", true, true, "10.0.0.5")],
+            ..Default::default()
+        };
+        let p = plan(&m, &gone, later(3));
+        assert_eq!(p.status.phase, Phase::RolledBack, "{phase}");
+        assert_eq!(
+            cond(&p, "Ready").status,
+            "True",
+            "{phase}: the rollback asked for is the desired state"
+        );
+        assert!(has_event(&p, "RolledBack"), "{phase}");
+    }
+}
+
+#[test]
+fn rollback_before_any_change_has_nothing_to_undo() {
+    let p = plan(
+        &scm(json!({ "rollback": true })),
+        &Observed {
+            proxy: Some(sidecar_deployment("kic:3.4")),
+            ..Default::default()
+        },
+        now(),
+    );
+    assert_eq!(p.status.phase, Phase::RolledBack);
+    assert!(p.actions.is_empty());
+}
+
+#[test]
+fn deletion_rolls_back_an_unfinished_migration_only() {
+    let d = sidecar_deployment("kic:3.4");
+    let mut unfinished = in_phase(json!({}), Phase::DeployingController, &d);
+    unfinished.metadata.deletion_timestamp = Some(Time(now()));
+    let obs = Observed {
+        proxy: Some(migrated(&d, &unfinished, false)),
+        ..Default::default()
+    };
+    let p = plan(&unfinished, &obs, later(1));
+    assert_eq!(p.status.phase, Phase::RollingBack);
+    assert!(!p.actions.contains(&Action::RemoveFinalizer));
+
+    let mut done = unfinished.clone();
+    if let Some(s) = done.status.as_mut() {
+        s.phase = Phase::Succeeded;
+    }
+    let p = plan(&done, &obs, later(1));
+    assert_eq!(
+        p.actions,
+        vec![Action::RemoveFinalizer],
+        "a Succeeded migration's objects stay"
+    );
+
+    let mut never_started = scm(json!({}));
+    never_started.metadata.deletion_timestamp = Some(Time(now()));
+    let p = plan(&never_started, &Observed::default(), now());
+    assert_eq!(p.actions, vec![Action::RemoveFinalizer]);
+}

@@ -1,0 +1,391 @@
+//! The forward steps, each acting and then handing over to the next.
+
+use super::*;
+
+#[test]
+fn disabling_the_sidecar_records_the_original_first() {
+    let d = sidecar_deployment("kic:3.4");
+    let p = plan(
+        &scm(json!({})),
+        &Observed {
+            proxy: Some(d.clone()),
+            ..Default::default()
+        },
+        now(),
+    );
+    assert_eq!(p.status.phase, Phase::DisablingSidecar);
+    let original = p
+        .status
+        .original
+        .as_ref()
+        .expect("original recorded with the status write");
+    assert_eq!(original.sidecar["name"], "ingress-controller");
+    assert_eq!(original.sidecar_index, 0);
+    // A secret reference is carried as a reference, never resolved.
+    assert_eq!(
+        original.sidecar["env"][2]["valueFrom"]["secretKeyRef"]["name"],
+        "kong-admin-token"
+    );
+    let Some(Action::ReplaceProxy(new)) = p.actions.first() else {
+        panic!("replaces the proxy first: {:?}", p.actions)
+    };
+    let pod = new
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod");
+    assert_eq!(container_names(&pod.containers), "proxy");
+    let proxy = &pod.containers[0];
+    assert_eq!(
+        env_value(proxy, "KONG_ADMIN_LISTEN").as_deref(),
+        Some("0.0.0.0:8444 http2 ssl, [::]:8444 http2 ssl")
+    );
+    assert_eq!(env_value(proxy, "KONG_KIC"), None);
+    assert!(
+        proxy
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.name.as_deref() == Some("admin-tls") && p.container_port == 8444)
+    );
+    let strategy = new
+        .spec
+        .as_ref()
+        .and_then(|s| s.strategy.clone())
+        .and_then(|s| s.rolling_update)
+        .expect("rolling update");
+    assert_eq!(strategy.max_unavailable, Some(IntOrString::Int(0)));
+    assert_eq!(
+        new.metadata.resource_version.as_deref(),
+        Some("10"),
+        "replace is conditional on what was read"
+    );
+    let Some(Action::ApplyAdminService(svc)) = p.actions.get(1) else {
+        panic!("applies the admin Service: {:?}", p.actions)
+    };
+    let svc_spec = svc.spec.as_ref().expect("spec");
+    assert_eq!(svc_spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(
+        svc_spec
+            .selector
+            .as_ref()
+            .and_then(|s| s.get(DISCOVERY_LABEL))
+            .map(String::as_str),
+        Some("true")
+    );
+}
+
+#[test]
+fn kong_order_does_not_select_on_the_discovery_label() {
+    let d = sidecar_deployment("kic:3.4");
+    let p = plan(
+        &scm(json!({ "cutover": "DeleteLegacyPods" })),
+        &Observed {
+            proxy: Some(d),
+            ..Default::default()
+        },
+        now(),
+    );
+    let svc = p
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::ApplyAdminService(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("admin Service applied");
+    assert!(
+        !svc.spec
+            .and_then(|s| s.selector)
+            .unwrap_or_default()
+            .contains_key(DISCOVERY_LABEL)
+    );
+}
+
+#[test]
+fn the_template_round_trips() {
+    let d = sidecar_deployment("kic:3.4");
+    let m = scm(json!({}));
+    let original = record_original(&m.spec, &d, None, &m).expect("record");
+    let migrated = with_rollout(
+        migrate_template(&d, &m.spec),
+        Rollout::Held {
+            approval_hold: true,
+        },
+        &original,
+    );
+    assert_eq!(
+        migrate_template(&migrated, &m.spec),
+        migrated,
+        "migrating twice changes nothing"
+    );
+    let back = with_rollout(
+        restore_template(&migrated, &m.spec, &original),
+        Rollout::Original,
+        &original,
+    );
+    assert_eq!(back, d, "rollback restores the sidecar rendering exactly");
+}
+
+#[test]
+fn each_forward_step_acts_then_hands_over() {
+    let d = sidecar_deployment("kic:3.4");
+    let spec = json!({});
+    // DisablingSidecar finished: the next reconcile deploys the controller.
+    let m = in_phase(spec.clone(), Phase::DisablingSidecar, &d);
+    let done = migrated(&d, &m, false);
+    let svc = admin_service(&m, &d, true);
+    let obs = Observed {
+        proxy: Some(done.clone()),
+        admin_service: Some(svc.clone()),
+        ..Default::default()
+    };
+    let p = plan(&m, &obs, later(1));
+    assert!(has_event(&p, "SidecarDisabled"));
+    assert_eq!(p.status.phase, Phase::DeployingController);
+    let Some(Action::ApplyController(objs)) = p.actions.first() else {
+        panic!("{:?}", p.actions)
+    };
+    let c = &objs
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod")
+        .containers[0];
+    assert_eq!(
+        env_value(c, "CONTROLLER_KONG_ADMIN_SVC").as_deref(),
+        Some("kong/kong-kong-admin")
+    );
+    assert_eq!(env_value(c, "CONTROLLER_KONG_ADMIN_URL"), None);
+    assert!(
+        c.env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "CONTROLLER_KONG_ADMIN_TOKEN" && e.value_from.is_some())
+    );
+    let vols = objs
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.volumes.clone());
+    assert_eq!(
+        vols.map(|v| v.len()),
+        Some(1),
+        "only the volumes the sidecar mounts"
+    );
+    assert_eq!(
+        objs.role_binding
+            .subjects
+            .as_ref()
+            .map(|s| s[0].name.as_str()),
+        Some("kong-kong")
+    );
+
+    // WaitingForAdminService needs listed new pods, an Available controller and a Ready new gateway.
+    let m = in_phase(spec.clone(), Phase::WaitingForAdminService, &d);
+    let mut controller = objs.deployment.clone();
+    let base = Observed {
+        proxy: Some(migrated(&d, &m, false)),
+        admin_service: Some(svc.clone()),
+        controller: Some(controller.clone()),
+        pods: vec![
+            pod("old", true, true, "10.0.0.1"),
+            pod("new", false, false, "10.0.0.2"),
+        ],
+        ..Default::default()
+    };
+    let p = plan(&m, &base, later(1));
+    assert_eq!(p.status.phase, Phase::WaitingForAdminService);
+    assert!(
+        p.status
+            .message
+            .as_deref()
+            .is_some_and(|s| s.contains("to list a new gateway pod"))
+    );
+    let listed = Observed {
+        admin_slices: vec![slice_listing(&["new"])],
+        ..base.clone()
+    };
+    let p = plan(&m, &listed, later(1));
+    assert!(
+        p.status
+            .message
+            .as_deref()
+            .is_some_and(|s| s.contains("Available")),
+        "{:?}",
+        p.status.message
+    );
+    controller.status = Some(settled(1));
+    let available = Observed {
+        controller: Some(controller.clone()),
+        ..listed.clone()
+    };
+    let p = plan(&m, &available, later(1));
+    assert!(
+        p.status
+            .message
+            .as_deref()
+            .is_some_and(|s| s.contains("turn Ready")),
+        "{:?}",
+        p.status.message
+    );
+    let ready = Observed {
+        pods: vec![
+            pod("old", true, true, "10.0.0.1"),
+            pod("new", false, true, "10.0.0.2"),
+        ],
+        ..available
+    };
+    let p = plan(&m, &ready, later(1));
+    assert!(has_event(&p, "AdminServiceReady"));
+    assert_eq!(p.status.phase, Phase::DeletingLegacyPods);
+    assert_eq!(p.status.legacy_pods, vec!["old".to_string()]);
+    assert!(
+        p.actions.is_empty(),
+        "ZeroDowntime: the rolling update retires the legacy pod"
+    );
+    assert_eq!(cond(&p, "Reconciling").status, "True");
+}
+
+#[test]
+fn the_end_restores_the_rollout_and_succeeds() {
+    let d = sidecar_deployment("kic:3.4");
+    let m = in_phase(json!({}), Phase::DeletingLegacyPods, &d);
+    let svc = admin_service(&m, &d, true);
+    let obs = Observed {
+        proxy: Some(migrated(&d, &m, false)),
+        admin_service: Some(svc),
+        pods: vec![pod("new", false, true, "10.0.0.2")],
+        ..Default::default()
+    };
+    let p = plan(&m, &obs, later(1));
+    let Some(Action::ReplaceProxy(restored)) = p.actions.first() else {
+        panic!("{:?}", p.actions)
+    };
+    assert_eq!(
+        restored.spec.as_ref().and_then(|s| s.strategy.clone()),
+        d.spec.as_ref().and_then(|s| s.strategy.clone())
+    );
+    let Some(Action::ApplyAdminService(svc)) = p.actions.get(1) else {
+        panic!("{:?}", p.actions)
+    };
+    assert!(
+        !svc.spec
+            .clone()
+            .and_then(|s| s.selector)
+            .unwrap_or_default()
+            .contains_key(DISCOVERY_LABEL)
+    );
+    let done = Observed {
+        proxy: Some(*restored.clone()),
+        admin_service: Some(*svc.clone()),
+        ..obs
+    };
+    let p = plan(&m, &done, later(2));
+    assert_eq!(p.status.phase, Phase::Succeeded);
+    assert_eq!(cond(&p, "Ready").status, "True");
+    assert_eq!(cond(&p, "Reconciling").status, "False");
+    assert_eq!(p.status.step.as_deref(), Some("5/5"));
+    assert!(has_event(&p, "MigrationSucceeded"));
+}
+
+#[test]
+fn manual_approval_holds_every_legacy_pod() {
+    let d = sidecar_deployment("kic:3.4");
+    let spec = json!({ "approval": "Manual" });
+    let p = plan(
+        &scm(spec.clone()),
+        &Observed {
+            proxy: Some(d.clone()),
+            ..Default::default()
+        },
+        now(),
+    );
+    let Some(Action::ReplaceProxy(held)) = p.actions.first() else {
+        panic!("{:?}", p.actions)
+    };
+    assert_eq!(
+        held.spec.as_ref().and_then(|s| s.min_ready_seconds),
+        Some(APPROVAL_HOLD_MIN_READY_SECONDS)
+    );
+
+    let m = in_phase(spec.clone(), Phase::AwaitingApproval, &d);
+    let obs = Observed {
+        proxy: Some(migrated(&d, &m, true)),
+        pods: vec![
+            pod("old", true, true, "10.0.0.1"),
+            pod("new", false, true, "10.0.0.2"),
+        ],
+        ..Default::default()
+    };
+    let p = plan(&m, &obs, later(10_000));
+    assert_eq!(p.status.phase, Phase::AwaitingApproval);
+    assert!(
+        p.actions.is_empty(),
+        "no legacy pod is touched before approval"
+    );
+    assert_eq!(cond(&p, "Ready").reason, "AwaitingApproval");
+    assert_eq!(
+        cond(&p, "Stalled").status,
+        "False",
+        "waiting for a person is not a failure, and has no deadline"
+    );
+
+    let mut approved = m.clone();
+    approved.spec.approved = true;
+    let p = plan(&approved, &obs, later(10_000));
+    assert!(has_event(&p, "Approved"));
+    assert_eq!(p.status.phase, Phase::DeletingLegacyPods);
+    let Some(Action::ReplaceProxy(released)) = p.actions.first() else {
+        panic!("{:?}", p.actions)
+    };
+    assert_eq!(
+        released.spec.as_ref().and_then(|s| s.min_ready_seconds),
+        None,
+        "the hold is released"
+    );
+}
+
+#[test]
+fn kong_order_orphans_legacy_replica_sets_and_evicts_one_pod_at_a_time() {
+    let d = sidecar_deployment("kic:3.4");
+    let m = in_phase(
+        json!({ "cutover": "DeleteLegacyPods" }),
+        Phase::DeletingLegacyPods,
+        &d,
+    );
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": { "name": "kong-kong-old" },
+        "spec": { "selector": {}, "template": d.spec.as_ref().map(|s| s.template.clone()) }
+    }))
+    .expect("rs");
+    let obs = Observed {
+        proxy: Some(migrated(&d, &m, false)),
+        replica_sets: vec![rs],
+        pods: vec![
+            pod("old-a", true, true, "10.0.0.1"),
+            pod("old-b", true, true, "10.0.0.3"),
+            pod("new", false, false, "10.0.0.2"),
+        ],
+        ..Default::default()
+    };
+    let p = plan(&m, &obs, later(1));
+    assert_eq!(
+        p.actions,
+        vec![
+            Action::OrphanReplicaSet("kong-kong-old".into()),
+            Action::EvictPod("old-a".into())
+        ]
+    );
+    let mut terminating = obs.clone();
+    terminating.replica_sets.clear();
+    terminating.pods[0].metadata.deletion_timestamp = Some(Time(now()));
+    let p = plan(&m, &terminating, later(2));
+    assert!(
+        p.actions.is_empty(),
+        "the next eviction waits for the last pod to go: {:?}",
+        p.actions
+    );
+}

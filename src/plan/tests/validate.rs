@@ -1,0 +1,239 @@
+//! Validating: bad input, dry run, warnings, already migrated.
+
+use super::*;
+
+#[test]
+fn bad_input_is_reported_and_changes_nothing() {
+    let kic = "kong/kubernetes-ingress-controller:3.4.1";
+    let no_proxy_container = without_container(sidecar_deployment(kic), "proxy");
+    let foreign_controller: Deployment = serde_json::from_value(
+        json!({ "metadata": { "name": "kong-kong-controller", "namespace": NS } }),
+    )
+    .expect("deployment");
+    let mut rival = scm(json!({}));
+    rival.metadata.name = Some("earlier".into());
+    rival.status = Some(SidecarMigrationStatus {
+        phase: Phase::DisablingSidecar,
+        original: Some(Original::default()),
+        ..Default::default()
+    });
+    let without_sidecar = without_container(sidecar_deployment(kic), "ingress-controller");
+    let cases: Vec<(&str, Observed, &str)> = vec![
+        (
+            "missing deployment",
+            Observed::default(),
+            "ProxyDeploymentNotFound",
+        ),
+        (
+            "no proxy container",
+            Observed {
+                proxy: Some(no_proxy_container),
+                ..Default::default()
+            },
+            "ProxyContainerNotFound",
+        ),
+        (
+            "KIC older than 2.11",
+            Observed {
+                proxy: Some(sidecar_deployment(
+                    "kong/kubernetes-ingress-controller:2.10.4",
+                )),
+                ..Default::default()
+            },
+            "UnsupportedControllerVersion",
+        ),
+        (
+            "controller name taken",
+            Observed {
+                proxy: Some(sidecar_deployment(kic)),
+                controller: Some(foreign_controller),
+                ..Default::default()
+            },
+            "ControllerNameTaken",
+        ),
+        (
+            "second migration of the same Deployment",
+            Observed {
+                proxy: Some(sidecar_deployment(kic)),
+                others: vec![rival.clone()],
+                ..Default::default()
+            },
+            "DuplicateMigration",
+        ),
+        (
+            "second migration after the first removed the sidecar",
+            Observed {
+                proxy: Some(without_sidecar),
+                others: vec![rival],
+                ..Default::default()
+            },
+            "DuplicateMigration",
+        ),
+    ];
+    for (name, obs, reason) in cases {
+        let p = plan(&scm(json!({})), &obs, now());
+        assert_eq!(p.status.phase, Phase::Failed, "{name}");
+        assert!(
+            p.actions.is_empty(),
+            "{name}: nothing may change, got {:?}",
+            p.actions
+        );
+        assert_eq!(cond(&p, "Stalled").status, "True", "{name}");
+        assert_eq!(cond(&p, "Stalled").reason, reason, "{name}");
+        assert_eq!(cond(&p, "Ready").status, "False", "{name}");
+        assert!(has_event(&p, reason), "{name}: event {reason}");
+        assert!(p.status.original.is_none(), "{name}");
+        assert!(
+            p.status.message.as_deref().is_some_and(|m| m.len() > 20),
+            "{name}: says how to fix it"
+        );
+    }
+}
+
+#[test]
+fn already_migrated_deployment_succeeds_with_a_message() {
+    let d = sidecar_deployment("kic:3.4");
+    let m = scm(json!({}));
+    let gateway = migrate_template(&d, &m.spec);
+    let p = plan(
+        &m,
+        &Observed {
+            proxy: Some(gateway),
+            ..Default::default()
+        },
+        now(),
+    );
+    assert_eq!(p.status.phase, Phase::Succeeded);
+    assert!(p.actions.is_empty());
+    assert!(has_event(&p, "AlreadyMigrated"));
+    assert!(
+        p.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("already"))
+    );
+}
+
+#[test]
+fn failed_validation_goes_on_once_the_cause_is_fixed() {
+    let mut m = scm(json!({}));
+    m.status = Some(plan(&m, &Observed::default(), now()).status);
+    let p = plan(
+        &m,
+        &Observed {
+            proxy: Some(sidecar_deployment("kic:3.4")),
+            ..Default::default()
+        },
+        later(5),
+    );
+    assert_eq!(p.status.phase, Phase::DisablingSidecar);
+    assert!(p.status.original.is_some());
+}
+
+#[test]
+fn dry_run_fills_the_plan_and_changes_nothing() {
+    let obs = Observed {
+        proxy: Some(sidecar_deployment("kic:3.4")),
+        pods: vec![pod("kong-kong-1", true, true, "10.0.0.1")],
+        ..Default::default()
+    };
+    let p = plan(&scm(json!({ "dryRun": true })), &obs, now());
+    assert!(p.actions.is_empty());
+    assert_eq!(p.status.phase, Phase::Pending);
+    assert_eq!(cond(&p, "Ready").reason, "DryRun");
+    assert!(p.status.original.is_none());
+    let changes: Vec<String> = p
+        .status
+        .plan
+        .iter()
+        .map(|c| format!("{} {}", c.object, c.change))
+        .collect();
+    for want in [
+        "Deployment/kong-kong remove container ingress-controller",
+        "Deployment/kong-kong remove env KONG_KIC",
+        "Deployment/kong-kong-controller create with image kic:3.4",
+        "Service/kong-kong-admin create headless Service",
+        "Pod/kong-kong-1 retired by the rolling update",
+    ] {
+        assert!(
+            changes.iter().any(|c| c.starts_with(want)),
+            "plan lacks {want:?}: {changes:#?}"
+        );
+    }
+}
+
+#[test]
+fn warnings_name_the_values_gitops_must_commit() {
+    let values = [
+        "ingressController.enabled: false",
+        "admin.enabled: true",
+        "admin.type: ClusterIP",
+        "admin.clusterIP: None",
+        "deployment.kong.enabled: false",
+        "ingressController.gatewayDiscovery.enabled: true",
+        "ingressController.gatewayDiscovery.adminApiService.name: kong-kong-admin",
+    ];
+    let gitops = |labels: Value, annotations: Value| {
+        let mut d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4.1");
+        d.metadata.labels = serde_json::from_value(labels).expect("labels");
+        d.metadata.annotations = serde_json::from_value(annotations).expect("annotations");
+        d
+    };
+    let cases = [
+        (
+            "Helm",
+            sidecar_deployment("kong/kubernetes-ingress-controller:3.4.1"),
+            "Helm release kong",
+        ),
+        (
+            "Argo CD",
+            gitops(json!({ "argocd.argoproj.io/instance": "kong" }), json!({})),
+            "Argo CD",
+        ),
+        (
+            "Flux",
+            gitops(json!({ "helm.toolkit.fluxcd.io/name": "kong" }), json!({})),
+            "Flux",
+        ),
+    ];
+    for (name, proxy, owner) in cases {
+        let p = plan(
+            &scm(json!({})),
+            &Observed {
+                proxy: Some(proxy),
+                ..Default::default()
+            },
+            now(),
+        );
+        let warning = p
+            .status
+            .warnings
+            .iter()
+            .find(|w| w.contains(&format!("is managed by {owner}")))
+            .unwrap_or_else(|| panic!("{name}: no warning in {:?}", p.status.warnings));
+        for v in values {
+            assert!(warning.contains(v), "{name}: {v:?} missing from {warning}");
+        }
+        assert!(
+            p.events
+                .iter()
+                .any(|e| e.warning && e.reason == "ValidationWarning" && e.note == *warning),
+            "{name}: no event"
+        );
+    }
+    // A tag-less image is a warning of its own.
+    let p = plan(
+        &scm(json!({})),
+        &Observed {
+            proxy: Some(sidecar_deployment("kic:latest")),
+            ..Default::default()
+        },
+        now(),
+    );
+    assert!(
+        p.status
+            .warnings
+            .iter()
+            .any(|w| w.contains("names no version"))
+    );
+}
