@@ -13,6 +13,9 @@ pub const ENV_CONTROLLER_ADMIN_URL: &str = "CONTROLLER_KONG_ADMIN_URL";
 pub const ENV_CONTROLLER_ADMIN_SVC: &str = "CONTROLLER_KONG_ADMIN_SVC";
 pub const ENV_CONTROLLER_ADMIN_TOKEN: &str = "CONTROLLER_KONG_ADMIN_TOKEN";
 
+/// KIC finds the admin Service's EndpointSlices by this label.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
 pub const ADMIN_PORT: i32 = 8444;
 /// The container port name the chart gives the Admin API in gateway mode.
 pub const ADMIN_CONTAINER_PORT_NAME: &str = "admin-tls";

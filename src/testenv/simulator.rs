@@ -44,11 +44,12 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::kong;
+
 /// How often a discovery controller that cannot start exits and restarts.
 const RESTART_PERIOD: Duration = Duration::from_secs(1);
 const NODE_IP: &str = "10.0.0.10";
 const FIELD_MANAGER: &str = "node-simulator";
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// KIC 3.x's default for `--kong-admin-svc-port-names`.
 const DEFAULT_ADMIN_PORT_NAMES: &str = "admin-tls,kong-admin-tls";
 const UNPULLABLE: &str = "invalid";
@@ -244,7 +245,7 @@ impl Timelines {
         for slice in slices {
             let (Some(namespace), Some(service)) = (
                 &slice.metadata.namespace,
-                slice.labels().get(SERVICE_NAME_LABEL),
+                slice.labels().get(kong::SERVICE_NAME_LABEL),
             ) else {
                 continue;
             };
@@ -607,7 +608,7 @@ impl World {
         let mut found = Vec::new();
         for slice in &self.slices {
             if slice.metadata.namespace.as_ref() != Some(namespace)
-                || slice.labels().get(SERVICE_NAME_LABEL) != Some(name)
+                || slice.labels().get(kong::SERVICE_NAME_LABEL) != Some(name)
             {
                 continue;
             }
