@@ -167,6 +167,7 @@ pub async fn run(
     synced: impl FnOnce() + Send + 'static,
 ) {
     let client = ctx.client.clone();
+    let metrics = ctx.metrics.clone();
     let migrations: Api<SidecarMigration> = scoped(&client, &namespace);
     let ours = watcher::Config::default().labels_from(&Selector::from(Expression::Equal(
         MANAGED_BY_LABEL.into(),
@@ -251,9 +252,19 @@ pub async fn run(
         )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "reconcile failed");
+        .for_each(|res| {
+            let metrics = metrics.clone();
+            async move {
+                match res {
+                    // Deleted without passing through our finalizer (removed
+                    // by hand, or never added): forget its phase all the same.
+                    Err(controller::Error::ObjectNotFound(gone)) => metrics.set_phase(
+                        &format!("{}/{}", gone.namespace.unwrap_or_default(), gone.name),
+                        None,
+                    ),
+                    Err(e) => warn!(error = %e, "reconcile failed"),
+                    Ok(_) => {}
+                }
             }
         })
         .await;
@@ -567,7 +578,14 @@ async fn execute(
                     .filter(|f| *f != FINALIZER)
                     .cloned()
                     .collect();
-                set_finalizers(&Api::namespaced(client.clone(), ns), scm, finalizers).await
+                let removed =
+                    set_finalizers(&Api::namespaced(client.clone(), ns), scm, finalizers).await;
+                if removed.is_ok() {
+                    // Without our finalizer the object goes away, and with it
+                    // its place in the per-phase gauge.
+                    ctx.metrics.set_phase(&key(scm), None);
+                }
+                removed
             }
         };
         debug!(ok = result.is_ok(), "done: {}", action.describe());

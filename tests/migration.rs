@@ -338,6 +338,7 @@ async fn deleting_an_unfinished_migration_rolls_it_back() {
     case.wait_phase("kong", Phase::AwaitingApproval).await;
     case.delete_and_wait_gone("kong").await;
     assert_rolled_back(&case, 1).await;
+    assert_gauge_forgot_it(&case);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,6 +349,17 @@ async fn deleting_a_succeeded_migration_leaves_the_installation_alone() {
     case.wait_phase("kong", Phase::Succeeded).await;
     case.delete_and_wait_gone("kong").await;
     assert_migrated(&case, 1).await;
+    assert_gauge_forgot_it(&case);
+}
+
+/// The finalizer's removal is the operator's last word on a migration: by
+/// then its phase has left the per-phase gauge.
+fn assert_gauge_forgot_it(case: &Case) {
+    let metrics = case.metrics.encode();
+    assert!(
+        !metrics.contains("sidecar_migrator_migrations{"),
+        "a deleted migration is still counted:\n{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
