@@ -5,6 +5,7 @@
 mod apiserver;
 mod manual;
 mod observe;
+mod wakeups;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +45,14 @@ pub struct BenchArgs {
     /// this many unrelated pods are created. 0 skips it.
     #[arg(long, default_value_t = 0)]
     pub idle_pods: usize,
+    /// Then this many pods created and deleted beside a finished migration:
+    /// the reconciles and requests they cost. 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    pub wakeup_pods: usize,
+    /// Another build of sidecar-migrator to measure beside this one where a
+    /// table compares builds (the wake-ups), for before/after in one run.
+    #[arg(long)]
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -116,6 +125,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         0 => None,
         n => Some(idle(&cp, &admin, n).await?),
     };
+    let mut wakeups = Vec::new();
+    if args.wakeup_pods > 0 {
+        if let Some(baseline) = &args.baseline {
+            wakeups
+                .push(wakeups::measure(&cp, &admin, baseline, "baseline", args.wakeup_pods).await?);
+        }
+        let this = std::env::current_exe()?;
+        wakeups.push(wakeups::measure(&cp, &admin, &this, "this", args.wakeup_pods).await?);
+    }
     sim.shutdown().await;
     drop(cp);
 
@@ -140,6 +158,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             s.errors,
             s.watches
         );
+    }
+    if !wakeups.is_empty() {
+        println!();
+        println!(
+            "| build | pods created and deleted beside a finished migration | reconciles | operator requests |"
+        );
+        println!("|---|---|---|---|");
+        for w in &wakeups {
+            println!(
+                "| {} | {} | {:.0} | {:.0} |",
+                w.build, w.pods, w.reconciles, w.requests
+            );
+        }
     }
     if let Some(i) = idle {
         println!();
@@ -425,10 +456,26 @@ impl OperatorProcess {
     /// pods are 20 pages) and it has made no request for QUIET (it reconciles
     /// every migration it finds once at start-up).
     async fn start(cp: &ControlPlane, client: &Client) -> anyhow::Result<OperatorProcess> {
-        const QUIET: Duration = Duration::from_secs(2);
+        Self::start_binary(cp, client, &std::env::current_exe()?).await
+    }
+
+    /// [`OperatorProcess::start`] with another build of the operator.
+    async fn start_binary(
+        cp: &ControlPlane,
+        client: &Client,
+        exe: &std::path::Path,
+    ) -> anyhow::Result<OperatorProcess> {
         let watches_before = apiserver::watches(client).await?;
-        let operator = Self::spawn(cp, watches_before).await?;
+        let operator = Self::spawn(cp, watches_before, exe).await?;
         operator.wait_ready(Duration::from_secs(300)).await?;
+        operator.settled(client).await?;
+        Ok(operator)
+    }
+
+    /// Returns once the operator's watches are open and it has made no
+    /// request for QUIET.
+    async fn settled(&self, client: &Client) -> anyhow::Result<()> {
+        const QUIET: Duration = Duration::from_secs(2);
         let mut last = (apiserver::operator_requests(client).await?, Instant::now());
         testenv::wait_for(
             Duration::from_secs(300),
@@ -439,19 +486,22 @@ impl OperatorProcess {
                     last = (requests, Instant::now());
                 }
                 let watching =
-                    apiserver::watches(client).await? - watches_before >= OPERATOR_WATCHES;
+                    apiserver::watches(client).await? - self.watches_before >= OPERATOR_WATCHES;
                 Ok((watching && last.1.elapsed() >= QUIET).then_some(()))
             },
         )
-        .await?;
-        Ok(operator)
+        .await
     }
 
-    async fn spawn(cp: &ControlPlane, watches_before: f64) -> anyhow::Result<OperatorProcess> {
+    async fn spawn(
+        cp: &ControlPlane,
+        watches_before: f64,
+        exe: &std::path::Path,
+    ) -> anyhow::Result<OperatorProcess> {
         let kubeconfig = tempfile::NamedTempFile::new()?;
         apiserver::write_operator_kubeconfig(cp, kubeconfig.path())?;
         let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let child = tokio::process::Command::new(std::env::current_exe()?)
+        let child = tokio::process::Command::new(exe)
             .args(["run", "--http-addr", &http.to_string()])
             .env("KUBECONFIG", kubeconfig.path())
             .env("RUST_LOG", "error")

@@ -103,6 +103,14 @@ fn finished(scm: &SidecarMigration) -> bool {
         .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::RolledBack))
 }
 
+/// Whether a change to a Deployment, Pod, Service or EndpointSlice can move
+/// this migration. A finished one has nothing left to wait for: only a change
+/// to the SidecarMigration itself (deletion, a new spec) can, and that comes
+/// through its own watch. A Failed one is woken: fixing its input resumes it.
+fn woken_by_cluster(scm: &SidecarMigration) -> bool {
+    !finished(scm)
+}
+
 fn in_flight(scm: &SidecarMigration) -> bool {
     scm.status.as_ref().is_some_and(|s| s.original.is_some()) && !finished(scm)
 }
@@ -280,6 +288,7 @@ where
     }
 }
 
+/// The migrations in `ns` that a change to one of its objects should wake.
 fn in_namespace(
     store: &Store<SidecarMigration>,
     ns: Option<String>,
@@ -288,7 +297,7 @@ fn in_namespace(
     store
         .state()
         .iter()
-        .filter(|m| m.namespace() == ns && keep(m))
+        .filter(|m| m.namespace() == ns && woken_by_cluster(m) && keep(m))
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
 }
@@ -666,6 +675,49 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_unfinished_migrations_are_woken_by_their_objects() {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        let spec: SidecarMigrationSpec =
+            serde_json::from_value(json!({ "proxyDeployment": "kong-kong" })).expect("spec");
+        let cases = [
+            (None, true),
+            (Some(Phase::Pending), true),
+            (Some(Phase::Validating), true),
+            (Some(Phase::DeletingLegacyPods), true),
+            (Some(Phase::Paused), true),
+            (Some(Phase::RollingBack), true),
+            (Some(Phase::Failed), true),
+            (Some(Phase::Succeeded), false),
+            (Some(Phase::RolledBack), false),
+        ];
+        for (i, (phase, _)) in cases.iter().enumerate() {
+            let mut m = SidecarMigration::new(&format!("m{i}"), spec.clone());
+            m.metadata.namespace = Some("kong".into());
+            m.status = phase.map(|phase| SidecarMigrationStatus {
+                phase,
+                ..Default::default()
+            });
+            writer.apply_watcher_event(&watcher::Event::Apply(m));
+        }
+        let mut other = SidecarMigration::new("elsewhere", spec.clone());
+        other.metadata.namespace = Some("other".into());
+        writer.apply_watcher_event(&watcher::Event::Apply(other));
+
+        let woken: Vec<String> = in_namespace(&store, Some("kong".into()), |_| true)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        for (i, (phase, wakes)) in cases.iter().enumerate() {
+            assert_eq!(
+                woken.contains(&format!("m{i}")),
+                *wakes,
+                "a migration in phase {phase:?}"
+            );
+        }
+        assert!(!woken.contains(&"elsewhere".to_string()));
+    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_a_minute() {

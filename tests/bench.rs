@@ -1,5 +1,6 @@
 //! `sidecar-migrator bench` end to end at its smallest: one run of each
-//! procedure, two migrations at once, the idle operator beside 20 pods. It
+//! procedure, two migrations at once, the idle operator beside 20 pods, a
+//! finished migration beside 5 pods created and deleted. It
 //! checks what the tables say, not how fast: the numbers belong in
 //! docs/benchmarks.md, from a release build on a quiet machine.
 
@@ -24,7 +25,17 @@ fn rows(stdout: &str) -> HashMap<String, Vec<String>> {
 #[tokio::test]
 async fn the_bench_runs_every_procedure_and_reports_them() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidecar-migrator"))
-        .args(["bench", "--runs", "1", "--scale", "2", "--idle-pods", "20"])
+        .args([
+            "bench",
+            "--runs",
+            "1",
+            "--scale",
+            "2",
+            "--idle-pods",
+            "20",
+            "--wakeup-pods",
+            "5",
+        ])
         .env("RUST_LOG", "error")
         .output()
         .await
@@ -66,5 +77,13 @@ async fn the_bench_runs_every_procedure_and_reports_them() {
         row("20")[4],
         "0",
         "an idle operator makes no request:\n{stdout}"
+    );
+    // build | pods | reconciles | requests: churn beside a finished
+    // migration wakes nothing.
+    let this = row("this");
+    assert_eq!(
+        (this[2].as_str(), this[3].as_str()),
+        ("0", "0"),
+        "a finished migration was woken:\n{stdout}"
     );
 }
