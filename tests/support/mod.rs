@@ -286,7 +286,9 @@ impl Case {
         .expect("finalizer removed");
     }
 
-    /// Fails if the API server refused any of the operator's writes.
+    /// Fails if the API server refused any of the operator's requests: the
+    /// reconciler publishes ApiRefused for every refusal, an action's or one
+    /// returned through `?` (the status write, the finalizer, a read).
     pub async fn assert_nothing_refused(&self, name: &str) {
         let reasons = self.event_reasons(name).await;
         assert!(
