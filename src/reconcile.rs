@@ -155,6 +155,23 @@ impl Error {
             Error::NoNamespace => "NoNamespace".into(),
         }
     }
+
+    /// A refusal that retrying cannot fix (invalid, forbidden, ...), as the
+    /// note of an `ApiRefused` event; not a conflict, a missing object or a
+    /// PodDisruptionBudget's 429, which a retry resolves.
+    fn refusal(&self) -> Option<String> {
+        match self {
+            Error::Kube(kube::Error::Api(e))
+                if (400..500).contains(&e.code) && ![404, 409, 429].contains(&e.code) =>
+            {
+                Some(format!(
+                    "the API server refused a request: {} ({}); retrying",
+                    e.message, e.reason
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Reconciles running at once (each migration has at most one). Unbounded,
@@ -334,6 +351,13 @@ pub async fn reconcile(scm: Arc<SidecarMigration>, ctx: Arc<Context>) -> Result<
         && let Ok(mut f) = ctx.failures.lock()
     {
         f.remove(&key(&scm));
+    }
+    // Every refusal passes here, whichever request of the reconcile met it,
+    // so each one is visible on the migration, not only in the logs.
+    if let Err(e) = &result
+        && let Some(note) = e.refusal()
+    {
+        publish(&ctx, &scm.object_ref(&()), true, "ApiRefused", note).await;
     }
     result
 }
@@ -603,18 +627,6 @@ async fn execute(
             // Someone changed the object since it was read: read it again.
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 return Ok(Requeue::requeue(Duration::from_millis(500)));
-            }
-            // A refusal that retrying cannot fix (invalid, forbidden, ...)
-            // must be visible on the migration, not only in the logs.
-            Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 429 => {
-                let note = format!(
-                    "the API server refused {}: {} ({}); retrying",
-                    action.describe(),
-                    e.message,
-                    e.reason
-                );
-                publish(ctx, &reference, true, "ApiRefused", note).await;
-                return Err(kube::Error::Api(e).into());
             }
             Err(e) => return Err(e.into()),
         }

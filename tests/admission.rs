@@ -208,3 +208,53 @@ async fn every_invalid_spec_is_refused_or_reported() {
     let after = case.deployments().get(PROXY).await.expect("proxy");
     assert_eq!(after.metadata.generation, before.metadata.generation);
 }
+
+/// The CEL rules that keep `controller.name` and `adminService.name` as they
+/// were created: changing, setting or removing either is refused, while
+/// re-applying the same names and changing any other field is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_and_admin_service_names_cannot_change() {
+    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    for (object, field) in [
+        ("controller", "controller.name"),
+        ("adminService", "adminService.name"),
+    ] {
+        let named = format!("named-{}", object.to_lowercase());
+        case.start(&named, base()).await;
+        let unnamed = format!("unnamed-{}", object.to_lowercase());
+        case.start(
+            &unnamed,
+            json!({ "proxyDeployment": PROXY, "dryRun": true }),
+        )
+        .await;
+        let refusals = [
+            (named.as_str(), "changed", json!("other-name")),
+            (named.as_str(), "removed", Value::Null),
+            (unnamed.as_str(), "set later", json!("other-name")),
+        ];
+        for (name, what, value) in refusals {
+            let patch = json!({ "spec": { object: { "name": value } } });
+            let result = case
+                .migrations()
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            match result {
+                Err(kube::Error::Api(e)) if e.code == 422 => assert!(
+                    e.message
+                        .contains(&format!("{field} cannot change once set")),
+                    "{field} {what}: {}",
+                    e.message
+                ),
+                Err(e) => panic!("{field} {what}: unexpected error {e}"),
+                Ok(_) => panic!("{field} {what}: accepted"),
+            }
+        }
+        // Not a rule that refuses every update.
+        let same = base()[object]["name"].clone();
+        let patch = json!({ "spec": { object: { "name": same }, "paused": true } });
+        case.migrations()
+            .patch(&named, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("{field} unchanged, paused set: {e}"));
+    }
+}

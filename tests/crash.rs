@@ -10,12 +10,13 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams};
+use kube::runtime::watcher::{self, watcher};
 use serde_json::{Value, json};
 use sidecar_migrator::api::{MANAGED_BY, MANAGED_BY_LABEL, Phase};
-use sidecar_migrator::testenv::wait_for;
 use support::*;
 use tokio::process::{Child, Command};
 
@@ -31,15 +32,10 @@ fn spawn_operator(case: &Case) -> Child {
         .expect("the operator binary starts")
 }
 
-/// How many distinct statuses the migration has shown so far.
-async fn status_writes(case: &Case, seen: &mut Vec<Value>) -> Option<Phase> {
-    let m = case.migrations().get_opt("kong").await.ok().flatten()?;
-    let status = m.status?;
-    let value = serde_json::to_value(&status).ok()?;
-    if seen.last() != Some(&value) {
-        seen.push(value);
-    }
-    Some(status.phase)
+/// The migration's phase as it is now (None: no status yet).
+async fn phase(case: &Case) -> Option<Phase> {
+    let m = case.migrations().get("kong").await.expect("the migration");
+    m.status.map(|s| s.phase)
 }
 
 /// What the user answers when the migration awaits approval.
@@ -66,8 +62,9 @@ impl Answer {
 }
 
 /// Runs one migration, killing the operator after its `kill_after`-th status
-/// change (0: right after the SidecarMigration is applied), plus `delay`,
-/// and restarting it. Returns the phase it was killed in.
+/// write (0: right after the SidecarMigration is applied), plus `delay`,
+/// and restarting it. Returns the phase the killed operator left the
+/// migration in: the one it died in.
 async fn migrate_with_a_crash(
     fixture: &str,
     spec: Value,
@@ -76,29 +73,54 @@ async fn migrate_with_a_crash(
     delay: Duration,
 ) -> (Case, Option<Phase>) {
     let case = Case::without_operator(fixture).await;
+    // A watch, not a poll: it delivers every status write, so the k-th write
+    // is the same point of the migration in every run, however short the
+    // step it starts.
+    let migrations = watcher(
+        case.migrations(),
+        watcher::Config::default().fields("metadata.name=kong"),
+    );
+    let mut migrations = std::pin::pin!(migrations);
+    while !matches!(migrations.next().await, Some(Ok(watcher::Event::InitDone))) {}
     let mut operator = spawn_operator(&case);
     case.start("kong", spec).await;
-    let mut seen = Vec::new();
+    let mut writes = 0;
+    let mut last = None;
     let mut answered = false;
-    let killed_in = wait_for(DEADLINE, "the kill point", async || {
-        let phase = status_writes(&case, &mut seen).await;
-        if seen.len() >= kill_after || phase == Some(answer.end()) {
-            return Ok(Some(phase));
+    let kill_point = async {
+        while writes < kill_after {
+            let Some(event) = migrations.next().await else {
+                panic!("the watch ended")
+            };
+            let Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) = event else {
+                continue;
+            };
+            let Some(status) = m.status else { continue };
+            let value = serde_json::to_value(&status).expect("status");
+            // Metadata-only changes (the finalizer) repeat the last status.
+            if last.as_ref() != Some(&value) {
+                last = Some(value);
+                writes += 1;
+            }
+            if status.phase == answer.end() {
+                return;
+            }
+            // The user answers when asked, so kill points reach past approval.
+            if status.phase == Phase::AwaitingApproval && !answered {
+                case.set("kong", answer.patch()).await;
+                answered = true;
+            }
         }
-        // The user answers when asked, so kill points reach past approval.
-        if phase == Some(Phase::AwaitingApproval) && !answered {
-            case.set("kong", answer.patch()).await;
-            answered = true;
-        }
-        Ok(None)
-    })
-    .await
-    .expect("kill point reached");
+    };
+    tokio::time::timeout(DEADLINE, kill_point)
+        .await
+        .expect("kill point reached");
     // Not a wait: it moves the kill point into the action that follows the
     // status write.
     tokio::time::sleep(delay).await;
     operator.start_kill().expect("SIGKILL");
     let _ = operator.wait().await;
+    let killed_in = phase(&case).await;
     // A new process, as a Deployment would start after the crash.
     let mut operator = spawn_operator(&case);
     if !answered {
@@ -171,13 +193,19 @@ async fn assert_whole(case: &Case, replicas: usize) {
 }
 
 /// Kill points: right after the apply, then after the 1st to `writes`-th
-/// status change, each at once and 20 ms later.
+/// status write, each at once and 20 ms later. A kill point that lands once
+/// the migration has ended tests nothing: at least `landing` must land
+/// before (the last step writes more or fewer statuses from run to run, so
+/// the last few may not), and the phases they die in must include each of
+/// `steps` (None: before the operator's first status write).
 async fn crash_at_every_point(
     fixture: &str,
     spec: Value,
     answer: Answer,
     writes: usize,
     replicas: usize,
+    landing: usize,
+    steps: &[Option<Phase>],
 ) {
     let zero_downtime = spec.get("cutover").is_none();
     let mut phases = Vec::new();
@@ -199,7 +227,37 @@ async fn crash_at_every_point(
         }
     }
     eprintln!("killed in: {phases:?}");
+    // None: killed before the operator wrote any status, a kill point too.
+    let landed: Vec<Option<Phase>> = phases
+        .iter()
+        .filter(|p| **p != Some(answer.end()))
+        .copied()
+        .collect();
+    assert!(
+        landed.len() >= landing,
+        "{} of {} kill points landed before {:?}: {phases:?}",
+        landed.len(),
+        phases.len(),
+        answer.end()
+    );
+    let missed: Vec<&Option<Phase>> = steps.iter().filter(|s| !landed.contains(s)).collect();
+    assert!(
+        missed.is_empty(),
+        "no kill point landed in {missed:?}: {phases:?}"
+    );
 }
+
+/// The phases a migration's status shows, in order, up to the legacy pods'
+/// removal. None: before the operator's first status write. Validating is
+/// not among them: it acts on nothing, and the reconcile that passes it
+/// writes its findings with DisablingSidecar as the first status, so the
+/// kill points after that write are the ones right after validation.
+const STEPS: &[Option<Phase>] = &[
+    None,
+    Some(Phase::DisablingSidecar),
+    Some(Phase::DeployingController),
+    Some(Phase::WaitingForAdminService),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_downtime_survives_sigkill_anywhere() {
@@ -209,6 +267,8 @@ async fn zero_downtime_survives_sigkill_anywhere() {
         Answer::Approve,
         8,
         3,
+        16,
+        &[STEPS, &[Some(Phase::DeletingLegacyPods)]].concat(),
     )
     .await;
 }
@@ -221,6 +281,15 @@ async fn manual_approval_survives_sigkill_anywhere() {
         Answer::Approve,
         8,
         1,
+        14,
+        &[
+            STEPS,
+            &[
+                Some(Phase::AwaitingApproval),
+                Some(Phase::DeletingLegacyPods),
+            ],
+        ]
+        .concat(),
     )
     .await;
 }
@@ -233,6 +302,11 @@ async fn kong_documented_order_survives_sigkill_anywhere() {
         Answer::Approve,
         7,
         1,
+        12,
+        // Kong's order needs no wait for the admin Service: the reconcile
+        // that finds it listing a new pod goes on to the legacy pods'
+        // removal, which its status write shows.
+        &[&STEPS[..3], &[Some(Phase::DeletingLegacyPods)]].concat(),
     )
     .await;
 }
@@ -245,6 +319,12 @@ async fn a_rollback_survives_sigkill_anywhere() {
         Answer::RollBack,
         8,
         1,
+        16,
+        &[
+            STEPS,
+            &[Some(Phase::AwaitingApproval), Some(Phase::RollingBack)],
+        ]
+        .concat(),
     )
     .await;
 }

@@ -4,21 +4,31 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::Service;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::watcher::{self, watcher};
 use kube::{ResourceExt, api::ObjectMeta};
 use serde_json::json;
 use sidecar_migrator::api::{DISCOVERY_LABEL, Phase};
 use sidecar_migrator::reconcile;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_downtime_migration_of_one_replica() {
     let case = Case::new("sidecar-1-replica.yaml").await;
+    let before = rollout_settings(&case.deployments().get(PROXY).await.expect("proxy"));
+    assert_eq!(
+        before["minReadySeconds"],
+        serde_json::Value::Null,
+        "the chart leaves it unset"
+    );
     case.start("kong", json!({ "proxyDeployment": PROXY }))
         .await;
     let m = case.wait_phase("kong", Phase::Succeeded).await;
+    assert_rollout_restored(&case, &before).await;
     assert_eq!(condition(&m, "Ready"), ("True", "Succeeded"));
     assert_eq!(condition(&m, "Stalled").0, "False");
     let status = m.status.clone().expect("status");
@@ -67,18 +77,13 @@ async fn zero_downtime_migration_of_one_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_downtime_migration_of_three_replicas_under_a_pdb() {
     let case = Case::new("sidecar-3-replicas-pdb.yaml").await;
+    let before = case.set_user_rollout().await;
     case.start("kong", json!({ "proxyDeployment": PROXY }))
         .await;
     case.wait_phase("kong", Phase::Succeeded).await;
     assert_migrated(&case, 3).await;
     assert_eq!(case.downtime_ms(), 0);
-    let proxy = case.deployments().get(PROXY).await.expect("proxy");
-    let strategy = proxy.spec.and_then(|s| s.strategy).expect("strategy");
-    assert_ne!(
-        strategy.rolling_update.and_then(|r| r.max_unavailable),
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)),
-        "the user's rollout strategy is back"
-    );
+    assert_rollout_restored(&case, &before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,6 +144,13 @@ async fn db_mode_migrates_and_is_noted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kong_documented_order_evicts_and_reports_its_downtime() {
     let case = Case::new("sidecar-1-replica.yaml").await;
+    let legacy: BTreeSet<String> = case
+        .pods()
+        .await
+        .iter()
+        .map(|p| p.uid().unwrap_or_default())
+        .collect();
+    let evicted = evictions(&case).await;
     case.start(
         "kong",
         json!({ "proxyDeployment": PROXY, "cutover": "DeleteLegacyPods" }),
@@ -146,18 +158,72 @@ async fn kong_documented_order_evicts_and_reports_its_downtime() {
     .await;
     case.wait_phase("kong", Phase::Succeeded).await;
     assert_migrated(&case, 1).await;
-    case.wait_event("kong", "LegacyPodEvicted").await;
+    // The API server marks a pod it evicts before deleting it; a pod deleted
+    // directly, past any PodDisruptionBudget, has no such mark.
+    let evicted = evicted.lock().expect("lock").clone();
     assert!(
-        case.metrics
-            .encode()
-            .contains("sidecar_migrator_legacy_pods_evicted_total 1\n")
+        legacy.is_subset(&evicted),
+        "legacy pods {legacy:?}, evicted through the Eviction API {evicted:?}"
     );
-    let downtime = case.downtime_ms();
-    eprintln!("DeleteLegacyPods downtime: {downtime} ms");
-    assert!(
-        downtime > 0,
-        "Kong's order leaves the proxy without a Ready endpoint"
-    );
+    let notes: Vec<String> = case
+        .events("kong")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("LegacyPodEvicted"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert_eq!(notes.len(), legacy.len(), "{notes:?}");
+    assert!(case.metrics.encode().contains(&format!(
+        "sidecar_migrator_legacy_pods_evicted_total {}\n",
+        legacy.len()
+    )));
+    // Reported, not asserted: whether this run had a gap depends on how the
+    // eviction and the new pod's readiness interleave (the benchmark saw
+    // downtime in 99 runs of 100).
+    eprintln!("DeleteLegacyPods downtime: {} ms", case.downtime_ms());
+}
+
+/// The uids of the pods the API server marked `DisruptionTarget` /
+/// `EvictionByEvictionAPI`, from a watch that has listed before this returns.
+async fn evictions(case: &Case) -> Arc<Mutex<BTreeSet<String>>> {
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let pods: Api<Pod> = Api::namespaced(case.client.clone(), &case.ns);
+    let mut events = watcher(pods, watcher::Config::default()).boxed();
+    let record = {
+        let seen = seen.clone();
+        move |pod: &Pod| {
+            let evicted = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.type_ == "DisruptionTarget"
+                            && c.reason.as_deref() == Some("EvictionByEvictionAPI")
+                    })
+                });
+            if evicted && let Some(uid) = pod.uid() {
+                seen.lock().expect("lock").insert(uid);
+            }
+        }
+    };
+    loop {
+        match events.next().await {
+            Some(Ok(watcher::Event::InitDone)) => break,
+            Some(Ok(watcher::Event::InitApply(pod))) => record(&pod),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("pod watch: {e}"),
+            None => panic!("pod watch ended"),
+        }
+    }
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if let Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod)) = event {
+                record(&pod);
+            }
+        }
+    });
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,6 +326,8 @@ async fn roll_back(case: &Case) -> sidecar_migrator::api::SidecarMigration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_on_request_while_awaiting_approval() {
     let case = Case::new("sidecar-1-replica.yaml").await;
+    // The approval hold changes all three fields the most.
+    let before = case.set_user_rollout().await;
     case.start(
         "kong",
         json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
@@ -269,6 +337,7 @@ async fn rollback_on_request_while_awaiting_approval() {
     let m = roll_back(&case).await;
     assert_eq!(condition(&m, "Ready"), ("True", "RolledBack"));
     assert_rolled_back(&case, 1).await;
+    assert_rollout_restored(&case, &before).await;
     assert_eq!(
         case.downtime_ms(),
         0,
@@ -283,11 +352,13 @@ async fn rollback_on_request_while_awaiting_approval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_on_request_while_waiting_for_the_admin_service() {
     let case = Case::new("sidecar-1-replica.yaml").await;
+    let before = rollout_settings(&case.deployments().get(PROXY).await.expect("proxy"));
     case.start("kong",
         json!({ "proxyDeployment": PROXY, "controller": { "image": "kong/kubernetes-ingress-controller:3.4-invalid" } })).await;
     case.wait_phase("kong", Phase::WaitingForAdminService).await;
     roll_back(&case).await;
     assert_rolled_back(&case, 1).await;
+    assert_rollout_restored(&case, &before).await;
     assert_eq!(case.downtime_ms(), 0);
 }
 

@@ -386,3 +386,58 @@ async fn beyond_max_concurrent_migrations_the_rest_wait_in_pending() {
     second.wait_phase("kong", Phase::Succeeded).await;
     task.abort();
 }
+
+/// A refusal met by a request other than an action (here the finalizer
+/// patch, at the start of every reconcile) is reported like an action's:
+/// an `ApiRefused` event, so `assert_nothing_refused` sees every refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_outside_the_actions_is_reported_too() {
+    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    // A user who may publish events about the migration and nothing else.
+    let user = format!("system:serviceaccount:{}:events-only", case.ns);
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": { "name": "events-only", "namespace": case.ns },
+        "rules": [{ "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] }],
+    }))
+    .expect("role");
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "events-only", "namespace": case.ns },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "events-only" },
+        "subjects": [{ "kind": "ServiceAccount", "name": "events-only", "namespace": case.ns }],
+    }))
+    .expect("binding");
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(case.client.clone(), &case.ns)
+        .create(&Default::default(), &role)
+        .await
+        .expect("role");
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(case.client.clone(), &case.ns)
+        .create(&Default::default(), &binding)
+        .await
+        .expect("rolebinding");
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    let scm = case.migrations().get("kong").await.expect("migration");
+    let ctx = std::sync::Arc::new(reconcile::Context::new(
+        as_user(&case, &user).await,
+        Some("events-only".into()),
+        case.metrics.clone(),
+        reconcile::Slots::new(None),
+    ));
+    let error = reconcile::reconcile(std::sync::Arc::new(scm), ctx)
+        .await
+        .expect_err("the finalizer patch is forbidden");
+    assert_eq!(error.reason(), "Forbidden", "{error}");
+    // Published before reconcile returned: no wait needed.
+    let refused: Vec<_> = case
+        .events("kong")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ApiRefused"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        refused.iter().any(|n| n.contains("forbidden")),
+        "{refused:?}; events: {:?}",
+        case.event_reasons("kong").await
+    );
+}

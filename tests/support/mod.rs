@@ -286,7 +286,9 @@ impl Case {
         .expect("finalizer removed");
     }
 
-    /// Fails if the API server refused any of the operator's writes.
+    /// Fails if the API server refused any of the operator's requests: the
+    /// reconciler publishes ApiRefused for every refusal, an action's or one
+    /// returned through `?` (the status write, the finalizer, a read).
     pub async fn assert_nothing_refused(&self, name: &str) {
         let reasons = self.event_reasons(name).await;
         assert!(
@@ -301,6 +303,25 @@ impl Case {
             .await
             .expect("get")
             .is_some()
+    }
+
+    /// Gives the proxy Deployment rollout settings of a user's own, none of
+    /// them the API server's default, so a restore that fell back to the
+    /// defaults, or kept the operator's hold, would not match. Returns them.
+    pub async fn set_user_rollout(&self) -> Value {
+        let patch = json!({ "spec": {
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": { "maxSurge": "50%", "maxUnavailable": 1 },
+            },
+            "minReadySeconds": 1,
+            "progressDeadlineSeconds": 900,
+        } });
+        self.deployments()
+            .patch(PROXY, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("rollout settings");
+        rollout_settings(&self.wait_rollout(PROXY).await)
     }
 
     pub fn downtime_ms(&self) -> u128 {
@@ -380,6 +401,27 @@ pub async fn assert_rolled_back(case: &Case, replicas: usize) {
         .wait_ready_endpoints(&case.ns, PROXY_SERVICE, replicas, DEADLINE)
         .await
         .expect("the proxy serves");
+}
+
+/// Every rollout field the operator holds during a migration (strategy with
+/// maxSurge and maxUnavailable, minReadySeconds, progressDeadlineSeconds),
+/// as the API server returns them: an unset field is `null`.
+pub fn rollout_settings(d: &Deployment) -> Value {
+    let spec = d.spec.as_ref();
+    json!({
+        "strategy": spec.and_then(|s| s.strategy.as_ref()),
+        "minReadySeconds": spec.and_then(|s| s.min_ready_seconds),
+        "progressDeadlineSeconds": spec.and_then(|s| s.progress_deadline_seconds),
+    })
+}
+
+pub async fn assert_rollout_restored(case: &Case, before: &Value) {
+    let proxy = case.deployments().get(PROXY).await.expect("proxy");
+    assert_eq!(
+        &rollout_settings(&proxy),
+        before,
+        "the user's rollout settings are back as they were"
+    );
 }
 
 pub fn condition<'a>(m: &'a SidecarMigration, type_: &str) -> (&'a str, &'a str) {
