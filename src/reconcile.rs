@@ -34,6 +34,9 @@ use crate::plan::{self, Action, Observed, Plan};
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// One of the plan's actions failed; the event names which.
+    #[error("{action}: {source}")]
+    Action { action: String, source: kube::Error },
     #[error("SidecarMigration has no namespace")]
     NoNamespace,
 }
@@ -148,11 +151,18 @@ impl Context {
 impl Error {
     /// A short CamelCase label for metrics.
     pub fn reason(&self) -> String {
+        match self.kube() {
+            Some(kube::Error::Api(e)) if !e.reason.is_empty() => e.reason.clone(),
+            Some(kube::Error::Api(e)) => format!("Http{}", e.code),
+            Some(_) => "Transport".into(),
+            None => "NoNamespace".into(),
+        }
+    }
+
+    fn kube(&self) -> Option<&kube::Error> {
         match self {
-            Error::Kube(kube::Error::Api(e)) if !e.reason.is_empty() => e.reason.clone(),
-            Error::Kube(kube::Error::Api(e)) => format!("Http{}", e.code),
-            Error::Kube(_) => "Transport".into(),
-            Error::NoNamespace => "NoNamespace".into(),
+            Error::Kube(e) | Error::Action { source: e, .. } => Some(e),
+            Error::NoNamespace => None,
         }
     }
 
@@ -160,12 +170,16 @@ impl Error {
     /// note of an `ApiRefused` event; not a conflict, a missing object or a
     /// PodDisruptionBudget's 429, which a retry resolves.
     fn refusal(&self) -> Option<String> {
-        match self {
-            Error::Kube(kube::Error::Api(e))
+        let what = match self {
+            Error::Action { action, .. } => action.as_str(),
+            _ => "a request",
+        };
+        match self.kube() {
+            Some(kube::Error::Api(e))
                 if (400..500).contains(&e.code) && ![404, 409, 429].contains(&e.code) =>
             {
                 Some(format!(
-                    "the API server refused a request: {} ({}); retrying",
+                    "the API server refused {what}: {} ({}); retrying",
                     e.message, e.reason
                 ))
             }
@@ -628,7 +642,12 @@ async fn execute(
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 return Ok(Requeue::requeue(Duration::from_millis(500)));
             }
-            Err(e) => return Err(e.into()),
+            Err(source) => {
+                return Err(Error::Action {
+                    action: action.describe(),
+                    source,
+                });
+            }
         }
     }
     Ok(plan

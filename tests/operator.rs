@@ -387,23 +387,18 @@ async fn beyond_max_concurrent_migrations_the_rest_wait_in_pending() {
     task.abort();
 }
 
-/// A refusal met by a request other than an action (here the finalizer
-/// patch, at the start of every reconcile) is reported like an action's:
-/// an `ApiRefused` event, so `assert_nothing_refused` sees every refusal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusal_outside_the_actions_is_reported_too() {
-    let case = Case::without_operator("sidecar-1-replica.yaml").await;
-    // A user who may publish events about the migration and nothing else.
-    let user = format!("system:serviceaccount:{}:events-only", case.ns);
+/// The identity `name` in the test's namespace, holding `rules` there and
+/// nothing else.
+async fn user_with(case: &Case, name: &str, rules: serde_json::Value) -> Client {
     let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
-        "metadata": { "name": "events-only", "namespace": case.ns },
-        "rules": [{ "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] }],
+        "metadata": { "name": name, "namespace": case.ns },
+        "rules": rules,
     }))
     .expect("role");
     let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "events-only", "namespace": case.ns },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "events-only" },
-        "subjects": [{ "kind": "ServiceAccount", "name": "events-only", "namespace": case.ns }],
+        "metadata": { "name": name, "namespace": case.ns },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+        "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": case.ns }],
     }))
     .expect("binding");
     Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(case.client.clone(), &case.ns)
@@ -414,30 +409,86 @@ async fn a_refusal_outside_the_actions_is_reported_too() {
         .create(&Default::default(), &binding)
         .await
         .expect("rolebinding");
-    case.start("kong", json!({ "proxyDeployment": PROXY }))
-        .await;
-    let scm = case.migrations().get("kong").await.expect("migration");
+    as_user(case, &format!("system:serviceaccount:{}:{name}", case.ns)).await
+}
+
+/// Reconciles as `client` until a reconcile fails, at most `attempts` times.
+async fn reconcile_until_refused(case: &Case, client: Client, attempts: usize) -> reconcile::Error {
     let ctx = std::sync::Arc::new(reconcile::Context::new(
-        as_user(&case, &user).await,
-        Some("events-only".into()),
+        client,
+        Some("refused".into()),
         case.metrics.clone(),
         reconcile::Slots::new(None),
     ));
-    let error = reconcile::reconcile(std::sync::Arc::new(scm), ctx)
-        .await
-        .expect_err("the finalizer patch is forbidden");
-    assert_eq!(error.reason(), "Forbidden", "{error}");
-    // Published before reconcile returned: no wait needed.
-    let refused: Vec<_> = case
-        .events("kong")
+    for _ in 0..attempts {
+        let scm = case.migrations().get("kong").await.expect("migration");
+        if let Err(e) = reconcile::reconcile(std::sync::Arc::new(scm), ctx.clone()).await {
+            return e;
+        }
+    }
+    panic!("no reconcile of {attempts} was refused");
+}
+
+/// The notes of the migration's `ApiRefused` events.
+async fn refusals(case: &Case) -> Vec<String> {
+    case.events("kong")
         .await
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("ApiRefused"))
         .filter_map(|e| e.note)
-        .collect();
+        .collect()
+}
+
+/// A refusal met by a request other than an action (here the finalizer
+/// patch, at the start of every reconcile) is reported like an action's:
+/// an `ApiRefused` event, so `assert_nothing_refused` sees every refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_outside_the_actions_is_reported_too() {
+    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    // A user who may publish events about the migration and nothing else.
+    let user = user_with(
+        &case,
+        "events-only",
+        json!([{ "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] }]),
+    )
+    .await;
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    let error = reconcile_until_refused(&case, user, 1).await;
+    assert_eq!(error.reason(), "Forbidden", "{error}");
+    // Published before reconcile returned: no wait needed.
+    let refused = refusals(&case).await;
     assert!(
         refused.iter().any(|n| n.contains("forbidden")),
         "{refused:?}; events: {:?}",
         case.event_reasons("kong").await
+    );
+}
+
+/// An action's refusal names the action, so a person knows what to grant or
+/// fix: here the proxy Deployment's update, by a user who may do everything
+/// in the namespace but update Deployments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_action_is_named_in_its_event() {
+    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    let user = user_with(
+        &case,
+        "no-deployment-update",
+        json!([
+            { "apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch", "create", "patch", "delete"] },
+            { "apiGroups": ["sidecar-migrator.dev"], "resources": ["*"], "verbs": ["update"] },
+        ]),
+    )
+    .await;
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    let error = reconcile_until_refused(&case, user, 3).await;
+    assert_eq!(error.reason(), "Forbidden", "{error}");
+    let refused = refusals(&case).await;
+    assert!(
+        refused.iter().any(|n| n.starts_with(&format!(
+            "the API server refused the update of Deployment {PROXY}:"
+        ))),
+        "{refused:?}"
     );
 }
