@@ -36,7 +36,12 @@ pub enum Error {
     Kube(#[from] kube::Error),
     /// One of the plan's actions failed; the event names which.
     #[error("{action}: {source}")]
-    Action { action: String, source: kube::Error },
+    Action {
+        action: String,
+        /// The phase the plan was in.
+        phase: Phase,
+        source: kube::Error,
+    },
     #[error("SidecarMigration has no namespace")]
     NoNamespace,
 }
@@ -371,7 +376,19 @@ pub async fn reconcile(scm: Arc<SidecarMigration>, ctx: Arc<Context>) -> Result<
     if let Err(e) = &result
         && let Some(note) = e.refusal()
     {
-        publish(&ctx, &scm.object_ref(&()), true, "ApiRefused", note).await;
+        let phase = match e {
+            Error::Action { phase, .. } => *phase,
+            _ => scm.status.as_ref().map(|s| s.phase).unwrap_or_default(),
+        };
+        publish(
+            &ctx,
+            &scm.object_ref(&()),
+            phase.as_str(),
+            true,
+            "ApiRefused",
+            note,
+        )
+        .await;
     }
     result
 }
@@ -507,20 +524,16 @@ async fn execute(
     let reference = scm.object_ref(&());
     for ev in &plan.events {
         info!(reason = %ev.reason, "{}", ev.note);
-        let event = KubeEvent {
-            type_: if ev.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: ev.reason.clone(),
-            note: Some(ev.note.clone()),
-            action: plan.status.phase.as_str().into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            warn!(error = %e, "could not publish event");
-        }
+        let phase = plan.status.phase.as_str();
+        publish(
+            ctx,
+            &reference,
+            phase,
+            ev.warning,
+            &ev.reason,
+            ev.note.clone(),
+        )
+        .await;
     }
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -601,6 +614,7 @@ async fn execute(
                     publish(
                         ctx,
                         &reference,
+                        Phase::DeletingLegacyPods.as_str(),
                         false,
                         "LegacyPodEvicted",
                         format!("evicted legacy pod {pod}"),
@@ -613,7 +627,8 @@ async fn execute(
                         "eviction of legacy pod {pod} refused: a PodDisruptionBudget allows no disruption now ({}); retrying",
                         e.message
                     );
-                    publish(ctx, &reference, true, "EvictionBlocked", note).await;
+                    let phase = Phase::DeletingLegacyPods.as_str();
+                    publish(ctx, &reference, phase, true, "EvictionBlocked", note).await;
                     return Ok(Requeue::requeue(Duration::from_secs(5)));
                 }
                 Err(e) => Err(e),
@@ -645,6 +660,7 @@ async fn execute(
             Err(source) => {
                 return Err(Error::Action {
                     action: action.describe(),
+                    phase: plan.status.phase,
                     source,
                 });
             }
@@ -680,9 +696,11 @@ fn ignore_missing(r: Result<(), kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
+/// An Event about the migration; `action` is the phase it happened in.
 async fn publish(
     ctx: &Context,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
+    action: &str,
     warning: bool,
     reason: &str,
     note: String,
@@ -695,7 +713,7 @@ async fn publish(
         },
         reason: reason.into(),
         note: Some(note),
-        action: "DeletingLegacyPods".into(),
+        action: action.into(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, reference).await {

@@ -429,13 +429,20 @@ async fn reconcile_until_refused(case: &Case, client: Client, attempts: usize) -
     panic!("no reconcile of {attempts} was refused");
 }
 
-/// The notes of the migration's `ApiRefused` events.
+/// The notes of the migration's `ApiRefused` events, each after the phase
+/// it names as its action.
 async fn refusals(case: &Case) -> Vec<String> {
     case.events("kong")
         .await
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("ApiRefused"))
-        .filter_map(|e| e.note)
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.action.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
         .collect()
 }
 
@@ -487,7 +494,7 @@ async fn a_refused_action_is_named_in_its_event() {
     let refused = refusals(&case).await;
     assert!(
         refused.iter().any(|n| n.starts_with(&format!(
-            "the API server refused the update of Deployment {PROXY}:"
+            "DisablingSidecar: the API server refused the update of Deployment {PROXY}:"
         ))),
         "{refused:?}"
     );
