@@ -254,7 +254,7 @@ async fn once(
 /// Applies the example SidecarMigration with `cutover` and waits until it
 /// has Succeeded.
 async fn migrate(client: &Client, ns: &str, cutover: Cutover) -> anyhow::Result<()> {
-    let mut scm: SidecarMigration = serde_yaml::from_str(crate::demo::EXAMPLE)?;
+    let mut scm: SidecarMigration = serde_saphyr::from_str(crate::demo::EXAMPLE)?;
     scm.spec.cutover = cutover;
     let api: Api<SidecarMigration> = Api::namespaced(client.clone(), ns);
     api.patch(
@@ -535,7 +535,7 @@ async fn at_scale(
     let watches_before = operator.watches_before;
     let requests_before = apiserver::operator_requests(client).await?;
 
-    let scm: SidecarMigration = serde_yaml::from_str(crate::demo::EXAMPLE)?;
+    let scm: SidecarMigration = serde_saphyr::from_str(crate::demo::EXAMPLE)?;
     let t0 = Instant::now();
     futures::stream::iter(namespaces.clone())
         .map(|ns| {

@@ -20,7 +20,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use serde::Deserialize as _;
 use tempfile::TempDir;
 
 use super::wait_for;
@@ -315,9 +314,9 @@ impl ControlPlane {
                 continue;
             }
             let text = std::fs::read_to_string(&path)?;
-            for document in serde_yaml::Deserializer::from_str(&text) {
-                let crd = CustomResourceDefinition::deserialize(document)
-                    .with_context(|| format!("parsing {}", path.display()))?;
+            let crds: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            for crd in crds {
                 let name = crd.name_any();
                 api.patch(
                     &name,
@@ -477,7 +476,7 @@ fn write_kubeconfig(path: &Path, url: &str, ca: &Path, token: &str) -> anyhow::R
         "contexts": [{ "name": "testenv", "context": { "cluster": "testenv", "user": "admin" } }],
         "current-context": "testenv",
     });
-    std::fs::write(path, serde_yaml::to_string(&config)?)?;
+    std::fs::write(path, serde_saphyr::to_string(&config)?)?;
     Ok(())
 }
 
