@@ -78,7 +78,7 @@ struct Sample {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let cp = ControlPlane::start().await?;
+    let cp = ControlPlane::start_with_kubectl().await?;
     let admin = cp.client().await?;
     let startup = Duration::from_millis(args.pod_startup_ms);
     let sim = NodeSimulator::start_with_startup(admin.clone(), None, startup).await?;

@@ -1,0 +1,37 @@
+//! The Go tools the tests and the demo run, each built and cached by its
+//! `hack/<tool>/build.sh` from the Go module proxy.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context as _, bail};
+
+/// Runs `hack/<tool>/build.sh` with `args` and returns the folder it prints.
+/// Its stderr is the user's: a first build takes minutes and reports its
+/// progress there, live.
+pub async fn build(tool: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("hack").join(tool).join("build.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}); its output is above",
+            script.display(),
+            out.status
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = stdout
+        .lines()
+        .last()
+        .with_context(|| format!("{} printed no folder", script.display()))?;
+    Ok(PathBuf::from(dir.trim()))
+}
