@@ -106,12 +106,18 @@ fn argocd_health_check_maps_every_state() {
         ("no status yet", migration(1, None), "Progressing"),
         (
             "succeeded",
-            migration(2, Some(status(2, "Succeeded", "True", "Succeeded", "False"))),
+            migration(
+                2,
+                Some(status(2, "Succeeded", "True", "Succeeded", "False")),
+            ),
             "Healthy",
         ),
         (
             "stale observedGeneration",
-            migration(3, Some(status(2, "Succeeded", "True", "Succeeded", "False"))),
+            migration(
+                3,
+                Some(status(2, "Succeeded", "True", "Succeeded", "False")),
+            ),
             "Progressing",
         ),
         (
@@ -196,11 +202,7 @@ fn argocd_health_check_maps_every_state() {
             ),
             "Progressing",
         ),
-        (
-            "null status",
-            migration(1, Some(Json::Null)),
-            "Progressing",
-        ),
+        ("null status", migration(1, Some(Json::Null)), "Progressing"),
     ];
     let mut wrong = Vec::new();
     for (name, obj, want) in &cases {
