@@ -1,5 +1,6 @@
 //! The Go tools the tests and the demo run, each built and cached by its
-//! `hack/<tool>/build.sh` from the Go module proxy.
+//! `hack/<tool>/build.sh` from the Go module proxy (helm for the chart's
+//! tests; the control plane's binaries, through `controlplane.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -34,4 +35,9 @@ pub async fn build(tool: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
         .last()
         .with_context(|| format!("{} printed no folder", script.display()))?;
     Ok(PathBuf::from(dir.trim()))
+}
+
+/// The path of helm, built on first use.
+pub async fn helm() -> anyhow::Result<PathBuf> {
+    Ok(build("helm", &[]).await?.join("helm"))
 }
