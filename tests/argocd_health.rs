@@ -202,6 +202,22 @@ fn argocd_health_check_maps_every_state() {
             ),
             "Progressing",
         ),
+        (
+            "succeeded, without conditions",
+            migration(
+                1,
+                Some(json!({ "observedGeneration": 1, "phase": "Succeeded" })),
+            ),
+            "Healthy",
+        ),
+        (
+            "failed, without conditions",
+            migration(
+                1,
+                Some(json!({ "observedGeneration": 1, "phase": "Failed" })),
+            ),
+            "Degraded",
+        ),
         ("null status", migration(1, Some(Json::Null)), "Progressing"),
     ];
     let mut wrong = Vec::new();
