@@ -1,8 +1,9 @@
 //! The Helm chart `charts/sidecar-migrator/` against `deploy/`: the same
-//! objects for default values, the same CRD. helm and kubectl are built by
+//! objects for default values, the same CRD, and alert rules that fire on the
+//! series they describe (promtool). helm, kubectl and promtool are built by
 //! `hack/*/build.sh` on first use.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
@@ -176,6 +177,27 @@ async fn watched_namespaces_get_a_rolebinding_each_and_no_clusterrolebinding() {
             "--namespace=edge"
         ])
     );
+}
+
+/// The PrometheusRule's groups, as a rules file, through `promtool test
+/// rules` with the synthetic series of tests/alerts/rules_test.yaml.
+#[tokio::test]
+async fn alert_rules_fire_on_failed_stalled_and_failing_reconciles() {
+    let chart = template(&["--set", "prometheusRule.enabled=true"]).await;
+    let rule = chart
+        .iter()
+        .find(|o| o["kind"] == "PrometheusRule")
+        .expect("PrometheusRule");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = serde_saphyr::to_string(&rule["spec"]).expect("rules YAML");
+    std::fs::write(dir.path().join("rules.yaml"), rules).expect("write rules");
+    let tests: PathBuf = Path::new(ROOT).join("tests/alerts/rules_test.yaml");
+    std::fs::copy(&tests, dir.path().join("rules_test.yaml")).expect("copy tests");
+    let promtool = tools::promtool().await.expect("promtool builds");
+    let mut cmd = Command::new(promtool);
+    cmd.current_dir(dir.path())
+        .args(["test", "rules", "rules_test.yaml"]);
+    run(cmd);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The Go tools the tests and the demo run, each built and cached by its
-//! `hack/<tool>/build.sh` from the Go module proxy (helm for the chart's
-//! tests; the control plane's binaries, through `controlplane.rs`).
+//! `hack/<tool>/build.sh` from the Go module proxy (helm and promtool for the
+//! chart's tests; the control plane's binaries, through `controlplane.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -40,4 +40,9 @@ pub async fn build(tool: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
 /// The path of helm, built on first use.
 pub async fn helm() -> anyhow::Result<PathBuf> {
     Ok(build("helm", &[]).await?.join("helm"))
+}
+
+/// The path of promtool, built on first use.
+pub async fn promtool() -> anyhow::Result<PathBuf> {
+    Ok(build("promtool", &[]).await?.join("promtool"))
 }
