@@ -8,18 +8,26 @@ use std::process::Stdio;
 use anyhow::{Context as _, bail};
 
 /// Runs `hack/<tool>/build.sh` with `args` and returns the folder it prints.
-/// Its stderr is the user's: a first build takes minutes and reports its
-/// progress there, live.
 pub async fn build(tool: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("hack").join(tool).join("build.sh");
-    let out = tokio::process::Command::new("bash")
-        .arg(&script)
+    run_script(&root.join("hack").join(tool).join("build.sh"), args).await
+}
+
+/// Runs a build script and returns the last line of its stdout. Its stderr
+/// is the user's: a first build takes minutes and reports its progress there,
+/// live. (Tokio's `Command::output` would pipe it whatever was set.)
+pub async fn run_script(script: &Path, args: &[&str]) -> anyhow::Result<PathBuf> {
+    let child = tokio::process::Command::new("bash")
+        .arg(script)
         .args(args)
-        .current_dir(root)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
+        .with_context(|| format!("running {}", script.display()))?;
+    let out = child
+        .wait_with_output()
         .await
         .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
