@@ -393,8 +393,8 @@ fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// The CRD as `crds/sidecarmigrations.yaml` holds it.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&SidecarMigration::crd())
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(&SidecarMigration::crd())
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ struct Sample {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let cp = ControlPlane::start().await?;
+    let cp = ControlPlane::start_with_kubectl().await?;
     let admin = cp.client().await?;
     let startup = Duration::from_millis(args.pod_startup_ms);
     let sim = NodeSimulator::start_with_startup(admin.clone(), None, startup).await?;
@@ -285,7 +285,7 @@ async fn once(
 /// Applies the example SidecarMigration with `cutover` and waits until it
 /// has Succeeded.
 async fn migrate(client: &Client, ns: &str, cutover: Cutover) -> anyhow::Result<()> {
-    let mut scm: SidecarMigration = serde_yaml::from_str(crate::demo::EXAMPLE)?;
+    let mut scm: SidecarMigration = serde_saphyr::from_str(crate::demo::EXAMPLE)?;
     scm.spec.cutover = cutover;
     let api: Api<SidecarMigration> = Api::namespaced(client.clone(), ns);
     api.patch(
@@ -585,7 +585,7 @@ async fn at_scale(
     let watches_before = operator.watches_before;
     let requests_before = apiserver::operator_requests(client).await?;
 
-    let scm: SidecarMigration = serde_yaml::from_str(crate::demo::EXAMPLE)?;
+    let scm: SidecarMigration = serde_saphyr::from_str(crate::demo::EXAMPLE)?;
     let t0 = Instant::now();
     futures::stream::iter(namespaces.clone())
         .map(|ns| {

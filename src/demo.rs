@@ -94,7 +94,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     ));
     let operator = tokio::spawn(reconcile::run(ctx, Some(ns.to_string()), || {}));
 
-    let mut example: SidecarMigration = serde_yaml::from_str(EXAMPLE)?;
+    let mut example: SidecarMigration = serde_saphyr::from_str(EXAMPLE)?;
     example.spec.cutover = match args.cutover {
         DemoCutover::ZeroDowntime => Cutover::ZeroDowntime,
         DemoCutover::DeleteLegacyPods => Cutover::DeleteLegacyPods,

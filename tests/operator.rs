@@ -1,6 +1,6 @@
-//! The operator process as `deploy/` runs it, on the real control plane: its
-//! own RBAC (by impersonating its ServiceAccount), leader election between
-//! two replicas, and the probes and metrics over HTTP.
+//! The operator process as `deploy/` and the Helm chart run it, on the real
+//! control plane: its own RBAC (by impersonating its ServiceAccount), leader
+//! election between two replicas, and the probes and metrics over HTTP.
 
 mod support;
 
@@ -11,7 +11,7 @@ use serde_json::json;
 use sidecar_migrator::api::Phase;
 use sidecar_migrator::operator::{self, Options};
 use sidecar_migrator::reconcile;
-use sidecar_migrator::testenv::wait_for;
+use sidecar_migrator::testenv::{tools, wait_for};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -21,6 +21,9 @@ use tokio::task::JoinHandle;
 /// Where deploy/ puts the operator, and who it runs as.
 const OPERATOR_NS: &str = "sidecar-migrator";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:sidecar-migrator:sidecar-migrator";
+/// The chart's release, beside deploy/: its name (which contains the chart's)
+/// names its namespace and every object it makes.
+const RELEASE: &str = "sidecar-migrator-helm";
 
 /// `kubectl apply -k deploy/`, once for the whole binary, as a user would.
 async fn install_deploy(case: &Case) {
@@ -34,10 +37,34 @@ async fn install_deploy(case: &Case) {
         .await;
 }
 
-/// A client that is the operator's ServiceAccount: every request it makes is
-/// authorized by deploy/rbac.yaml alone.
-async fn as_service_account(case: &Case) -> Client {
-    as_user(case, SERVICE_ACCOUNT).await
+/// `helm install` of charts/sidecar-migrator, once for the whole binary, as
+/// a user would (the CRD is there already, as after `kubectl apply -k`).
+async fn install_chart(case: &Case) {
+    static INSTALLED: OnceCell<()> = OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            let helm = tools::helm().await.expect("helm builds");
+            let home = tempfile::tempdir().expect("tempdir");
+            let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/sidecar-migrator");
+            let mut cmd = tokio::process::Command::new(helm);
+            for var in ["HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"] {
+                cmd.env(var, home.path());
+            }
+            let out = cmd
+                .args(["install", RELEASE, chart, "--namespace", RELEASE])
+                .arg("--create-namespace")
+                .arg("--kubeconfig")
+                .arg(case.cp.kubeconfig_path())
+                .output()
+                .await
+                .expect("helm runs");
+            assert!(
+                out.status.success(),
+                "helm install: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+        .await;
 }
 
 async fn as_user(case: &Case, user: &str) -> Client {
@@ -56,16 +83,26 @@ impl Replica {
     /// One operator process as deploy/operator.yaml starts it, scoped to the
     /// test's namespace so parallel tests do not meet.
     async fn start(case: &Case, identity: &str, lease: &str) -> Replica {
+        Replica::start_as(case, identity, SERVICE_ACCOUNT, (OPERATOR_NS, lease)).await
+    }
+
+    /// The same, as `user`, holding `lease` (namespace, name).
+    async fn start_as(
+        case: &Case,
+        identity: &str,
+        user: &str,
+        (lease_ns, lease): (&str, &str),
+    ) -> Replica {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let opts = Options {
             namespaces: vec![case.ns.clone()],
-            lease: Some((OPERATOR_NS.into(), lease.into())),
+            lease: Some((lease_ns.into(), lease.into())),
             identity: identity.into(),
             http: addr,
             max_concurrent_migrations: None,
         };
-        let client = as_service_account(case).await;
+        let client = as_user(case, user).await;
         let task = tokio::spawn(operator::serve_and_run(client, opts, listener));
         Replica {
             identity: identity.into(),
@@ -163,6 +200,21 @@ async fn a_whole_migration_needs_no_more_than_the_deploy_rbac() {
     case.assert_nothing_refused("kong").await;
     assert!(!replica.task.is_finished(), "the operator is still running");
     assert_eq!(reporters(&case, "kong").await, ["rbac"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_needs_no_more_than_the_helm_chart_rbac() {
+    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    install_chart(&case).await;
+    let user = format!("system:serviceaccount:{RELEASE}:{RELEASE}");
+    let lease = format!("helm-{}", case.ns);
+    let replica = Replica::start_as(&case, "helm", &user, (RELEASE, &lease)).await;
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    case.assert_nothing_refused("kong").await;
+    assert!(!replica.task.is_finished(), "the operator is still running");
+    assert_eq!(reporters(&case, "kong").await, ["helm"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

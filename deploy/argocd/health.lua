@@ -20,7 +20,9 @@ if st.conditions ~= nil then
 end
 hs.message = st.message or st.phase or ""
 
-if ready == "True" then
+-- Succeeded is final: a status written without conditions (by hand, or by a
+-- tool that drops them) is still a finished migration.
+if ready == "True" or (ready == nil and st.phase == "Succeeded") then
   hs.status = "Healthy"
 elseif st.phase == "Failed" or stalled == "True" then
   hs.status = "Degraded"

@@ -105,7 +105,7 @@ pub fn write_operator_kubeconfig(cp: &ControlPlane, path: &std::path::Path) -> a
             auth.impersonate = Some(operator_user());
         }
     }
-    std::fs::write(path, serde_yaml::to_string(&kubeconfig)?)?;
+    std::fs::write(path, serde_saphyr::to_string(&kubeconfig)?)?;
     Ok(())
 }
 

@@ -20,7 +20,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use serde::Deserialize as _;
 use tempfile::TempDir;
 
 use super::wait_for;
@@ -30,6 +29,8 @@ const CONTROLLERS: &str = "deployment-controller,replicaset-controller,endpoints
     garbage-collector-controller,namespace-controller,serviceaccount-controller,\
     disruption-controller";
 const FIELD_MANAGER: &str = "testenv";
+/// The binaries a control plane runs; kubectl is only a client.
+const SERVERS: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
 
 /// A running control plane. Dropping it kills the processes and removes its
 /// folder; the processes also die with the test process if it never drops it.
@@ -45,8 +46,20 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Builds (or finds) the binaries, starts them and waits until the API
     /// serves, the controllers run and the CRDs in `crds/` are established.
+    /// [`ControlPlane::kubectl`] needs [`ControlPlane::start_with_kubectl`]:
+    /// the demo does without, and a first run saves building it.
     pub async fn start() -> anyhow::Result<ControlPlane> {
-        let bin = binaries().await?;
+        Self::start_from(super::tools::build("controlplane", &SERVERS).await?).await
+    }
+
+    /// [`ControlPlane::start`], with kubectl built too.
+    pub async fn start_with_kubectl() -> anyhow::Result<ControlPlane> {
+        let mut all = SERVERS.to_vec();
+        all.push("kubectl");
+        Self::start_from(super::tools::build("controlplane", &all).await?).await
+    }
+
+    async fn start_from(bin: PathBuf) -> anyhow::Result<ControlPlane> {
         let started = Instant::now();
         let root = target_dir().join("testenv");
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -171,7 +184,9 @@ impl ControlPlane {
         let started = SHARED
             .get_or_init(|| async {
                 let t0 = Instant::now();
-                let cp = ControlPlane::start().await.map_err(|e| format!("{e:#}"))?;
+                let cp = ControlPlane::start_with_kubectl()
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
                 eprintln!(
                     "testenv: control plane at {} ready in {:.2?} (folder {})",
                     cp.url,
@@ -206,6 +221,8 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
+    /// kubectl for this control plane; started by [`ControlPlane::start`]
+    /// alone, the binary may be missing and the command then fails to spawn.
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new(self.bin.join("kubectl"));
         cmd.arg("--kubeconfig").arg(&self.kubeconfig);
@@ -315,9 +332,9 @@ impl ControlPlane {
                 continue;
             }
             let text = std::fs::read_to_string(&path)?;
-            for document in serde_yaml::Deserializer::from_str(&text) {
-                let crd = CustomResourceDefinition::deserialize(document)
-                    .with_context(|| format!("parsing {}", path.display()))?;
+            let crds: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            for crd in crds {
                 let name = crd.name_any();
                 api.patch(
                     &name,
@@ -363,33 +380,6 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-async fn binaries() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("hack/controlplane/build.sh");
-    let out = tokio::process::Command::new("bash")
-        .arg(&script)
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("running {}", script.display()))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!(
-            "{} failed ({}):\n{}",
-            script.display(),
-            out.status,
-            stderr.trim()
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let dir = stdout
-        .lines()
-        .last()
-        .context("build.sh printed no folder")?;
-    Ok(PathBuf::from(dir.trim()))
 }
 
 fn target_dir() -> PathBuf {
@@ -477,7 +467,7 @@ fn write_kubeconfig(path: &Path, url: &str, ca: &Path, token: &str) -> anyhow::R
         "contexts": [{ "name": "testenv", "context": { "cluster": "testenv", "user": "admin" } }],
         "current-context": "testenv",
     });
-    std::fs::write(path, serde_yaml::to_string(&config)?)?;
+    std::fs::write(path, serde_saphyr::to_string(&config)?)?;
     Ok(())
 }
 

@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::{Scope, pinned_kind};
 use kube::{Client, ResourceExt as _};
-use serde::Deserialize as _;
 
 const PLACEHOLDER: &str = "${NAMESPACE}";
 const FIELD_MANAGER: &str = "testenv";
@@ -26,9 +25,9 @@ pub fn load_fixture(file_name: &str, namespace: &str) -> anyhow::Result<Vec<Dyna
         .with_context(|| format!("reading {}", path.display()))?
         .replace(PLACEHOLDER, namespace);
     let mut objects = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let mut object =
-            DynamicObject::deserialize(document).with_context(|| format!("parsing {file_name}"))?;
+    let documents: Vec<DynamicObject> =
+        serde_saphyr::from_multiple(&text).with_context(|| format!("parsing {file_name}"))?;
+    for mut object in documents {
         let kind = object
             .types
             .as_ref()

@@ -5,6 +5,7 @@
 mod controlplane;
 mod fixtures;
 mod simulator;
+pub mod tools;
 
 use std::time::Duration;
 
