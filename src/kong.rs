@@ -12,6 +12,18 @@ pub const ENV_CONTROLLER_ADMIN_URL: &str = "CONTROLLER_KONG_ADMIN_URL";
 /// `namespace/name` of the Service whose EndpointSlices list the gateways.
 pub const ENV_CONTROLLER_ADMIN_SVC: &str = "CONTROLLER_KONG_ADMIN_SVC";
 pub const ENV_CONTROLLER_ADMIN_TOKEN: &str = "CONTROLLER_KONG_ADMIN_TOKEN";
+/// The admin Service port names KIC keeps. Its default differs by version
+/// (2.11/2.12 also keep the HTTP names `admin` and `kong-admin`, which KIC
+/// then dials over HTTPS and never reaches), so the operator sets it.
+pub const ENV_CONTROLLER_ADMIN_SVC_PORT_NAMES: &str = "CONTROLLER_KONG_ADMIN_SVC_PORT_NAMES";
+/// The Lease the controllers of one install elect their leader through.
+pub const ENV_CONTROLLER_ELECTION_ID: &str = "CONTROLLER_ELECTION_ID";
+/// The chart's default when `CONTROLLER_ELECTION_ID` is not set.
+pub const DEFAULT_ELECTION_ID: &str = "kong-ingress-controller-leader-kong";
+/// Appended to the sidecars' election ID for the discovery controller: in
+/// DB mode the sidecars hold their Lease until the last of them is gone, and
+/// a controller sharing it would push nothing until then.
+pub const DISCOVERY_ELECTION_SUFFIX: &str = "-discovery";
 
 /// KIC finds the admin Service's EndpointSlices by this label.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -158,6 +158,16 @@ fn each_forward_step_acts_then_hands_over() {
         Some("kong/kong-kong-admin")
     );
     assert_eq!(env_value(c, "CONTROLLER_KONG_ADMIN_URL"), None);
+    // KIC 2.11/2.12's default also keeps HTTP port names it can never reach.
+    assert_eq!(
+        env_value(c, "CONTROLLER_KONG_ADMIN_SVC_PORT_NAMES").as_deref(),
+        Some("kong-admin-tls")
+    );
+    // Its own Lease: the sidecars (DB mode) hold the chart's.
+    assert_eq!(
+        env_value(c, "CONTROLLER_ELECTION_ID").as_deref(),
+        Some("kong-ingress-controller-leader-kong-discovery")
+    );
     assert!(
         c.env
             .iter()
