@@ -260,6 +260,10 @@ pub struct StepStatus {
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// When the step last made progress (DeletingLegacyPods: a legacy pod
+    /// left); its deadline runs from here once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progressed_at: Option<Time>,
     #[serde(default)]
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -73,6 +73,28 @@ pub(super) fn controller_owner(pod: &Pod) -> Option<&str> {
         .map(|o| o.name.as_str())
 }
 
+/// Whether the proxy Deployment made this pod: its ReplicaSet is named
+/// `<deployment>-<pod-template-hash>` (the Deployment controller's rule), or,
+/// once that ReplicaSet was deleted with its pods orphaned (Kong's order), its
+/// generateName still says so. Another Deployment whose pods share the
+/// labels makes pods of another name and is neither waited for nor touched.
+pub fn owned_by(pod: &Pod, deployment: &str) -> bool {
+    let Some(hash) = pod.labels().get("pod-template-hash") else {
+        return false;
+    };
+    let rs = format!("{deployment}-{hash}");
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    match owner {
+        Some(o) => o.kind == "ReplicaSet" && o.name == rs,
+        None => pod.metadata.generate_name.as_deref() == Some(&format!("{rs}-")),
+    }
+}
+
 pub(super) fn legacy_pod_names(spec: &SidecarMigrationSpec, obs: &Observed) -> Vec<String> {
     let mut names: Vec<String> = obs
         .pods

@@ -103,8 +103,8 @@ fn pod(name: &str, sidecar: bool, ready: bool, ip: &str) -> Pod {
         );
     }
     let mut p: Pod = serde_json::from_value(json!({
-        "metadata": { "name": name, "namespace": NS,
-            "ownerReferences": [ { "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "rs", "controller": true } ] },
+        "metadata": { "name": name, "namespace": NS, "labels": { "pod-template-hash": "abc" },
+            "ownerReferences": [ { "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "kong-kong-abc", "uid": "rs", "controller": true } ] },
         "spec": { "containers": containers }
     }))
     .expect("valid pod");

@@ -399,3 +399,50 @@ fn kong_order_orphans_legacy_replica_sets_and_evicts_one_pod_at_a_time() {
         p.actions
     );
 }
+
+#[test]
+fn legacy_pods_are_the_proxy_deployments_own() {
+    let d = sidecar_deployment("kic:3.4");
+    // Another Deployment's pod with the same labels, and one of ours orphaned
+    // by Kong's order (its ReplicaSet deleted, its generateName left).
+    let mut other = pod("kong-other-xyz-1", true, true, "10.0.0.9");
+    other.metadata.labels = Some([("pod-template-hash".into(), "xyz".into())].into());
+    if let Some(o) = other.metadata.owner_references.as_mut() {
+        o[0].name = "kong-other-xyz".into();
+    }
+    let mut orphan = pod("kong-kong-abc-1", true, true, "10.0.0.1");
+    orphan.metadata.owner_references = None;
+    orphan.metadata.generate_name = Some("kong-kong-abc-".into());
+    let mut bare = pod("kong-kong-abc-2", true, true, "10.0.0.3");
+    bare.metadata.owner_references = None;
+    let cases = [
+        ("ZeroDowntime", vec![other.clone()], vec![]),
+        ("DeleteLegacyPods", vec![other.clone()], vec![]),
+        (
+            "DeleteLegacyPods",
+            vec![other.clone(), orphan.clone(), bare.clone()],
+            vec!["kong-kong-abc-1"],
+        ),
+    ];
+    for (cutover, extra, want_legacy) in cases {
+        let m = in_phase(json!({ "cutover": cutover }), Phase::DeletingLegacyPods, &d);
+        let mut pods = vec![pod("new", false, true, "10.0.0.2")];
+        pods.extend(extra);
+        let obs = Observed {
+            proxy: Some(migrated(&d, &m, false)),
+            pods,
+            ..Default::default()
+        };
+        let p = plan(&m, &obs, later(1));
+        assert_eq!(p.status.legacy_pods, want_legacy, "{cutover}");
+        let evicted: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::EvictPod(name) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(evicted, want_legacy, "{cutover}");
+    }
+}
