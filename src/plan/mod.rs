@@ -211,6 +211,12 @@ impl<'a> Planner<'a> {
             self.actions.push(Action::RemoveFinalizer);
             return self.health_for_phase();
         }
+        if !deleting && phase == Phase::Succeeded && self.spec.rollback {
+            return match self.rollback_refusal() {
+                None => self.roll_back("spec.rollback is true on a Succeeded migration"),
+                Some(why) => self.refuse_rollback(why),
+            };
+        }
         if !deleting && matches!(phase, Phase::Succeeded | Phase::RolledBack) {
             self.status.legacy_pods = legacy_pod_names(self.spec, self.obs);
             return self.health_for_phase();
