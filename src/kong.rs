@@ -42,6 +42,39 @@ pub const MIN_KIC_VERSION: Version = Version {
     patch: 0,
 };
 
+/// The readiness path that answers 200 only once Kong holds a configuration.
+pub const STATUS_READY_PATH: &str = "/status/ready";
+/// Kong serves `/status/ready` from 3.3 (`kong/status/ready.lua`).
+pub const MIN_KONG_STATUS_READY: Version = Version {
+    major: 3,
+    minor: 3,
+    patch: 0,
+};
+
+/// The path a DB-less gateway's readinessProbe asks, when it is one Kong
+/// answers before it is configured (`/status`, or any other than
+/// `/status/ready`). Without a sidecar such a gateway takes traffic it can
+/// only answer with 404 until the controller's first push.
+pub fn premature_readiness_path(proxy: &k8s_openapi::api::core::v1::Container) -> Option<&str> {
+    let db = proxy
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == ENV_DATABASE)
+        .and_then(|e| e.value.as_deref());
+    if database_mode(db) != "off" {
+        return None;
+    }
+    proxy
+        .readiness_probe
+        .as_ref()?
+        .http_get
+        .as_ref()?
+        .path
+        .as_deref()
+        .filter(|p| *p != STATUS_READY_PATH)
+}
+
 /// The chart's sidecar rendering of KONG_ADMIN_LISTEN, for tests and docs.
 pub const SIDECAR_ADMIN_LISTEN: &str = "127.0.0.1:8444 http2 ssl, [::1]:8444 http2 ssl";
 
