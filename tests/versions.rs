@@ -37,13 +37,18 @@ async fn a_status_probe_is_rewritten_so_no_unconfigured_gateway_takes_traffic() 
         .await;
     case.wait_phase("kong", Phase::Succeeded).await;
     assert_migrated(&case, 1).await;
-    let proxy = case.deployments().get(PROXY).await.expect("proxy");
-    assert_eq!(readiness_path(&proxy).as_deref(), Some("/status/ready"));
+    let unready = case.sim.unready_time(&case.ns, PROXY_SERVICE).as_millis();
+    eprintln!(
+        "downtime {} ms; without a Ready endpoint {unready} ms",
+        case.downtime_ms()
+    );
     assert_eq!(
         case.downtime_ms(),
         0,
         "a gateway Ready before its first push answers 404: traffic lost"
     );
+    let proxy = case.deployments().get(PROXY).await.expect("proxy");
+    assert_eq!(readiness_path(&proxy).as_deref(), Some("/status/ready"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
