@@ -7,6 +7,7 @@
 //!
 //! | rule | versions | source |
 //! |---|---|---|
+//! | a container reports `started` (and listens) only after the start-up time ([`Timing::startup`]) | kubelet | kubelet |
 //! | a DB-less gateway probed on `/status/ready` is Ready only once configured | Kong ≥ 3.3 | `kong/status/ready.lua` |
 //! | probed on `/status` (or not probed) it is Ready at once, configured or not: Ready and unconfigured answers 404, **traffic lost** | any; the chart's probe below 2.26, or Kong < 3.3 (`compatibleReadiness`) | chart `_helpers.tpl` |
 //! | `/status/ready` below Kong 3.3 does not exist (404): never Ready | Kong < 3.3 | Kong 3.3 changelog |
@@ -914,18 +915,18 @@ impl Kubelet {
                 }
                 Role::Other => (true, None),
             };
-            verdicts.push((pod, ready, restarted));
+            verdicts.push((pod, ready, restarted, is_listening(pod)));
         }
         self.timelines
             .set_unconfigured(unconfigured, &self.slices.state());
 
-        for (pod, ready, restarted) in verdicts {
+        for (pod, ready, restarted, listening) in verdicts {
             let ip = pod
                 .status
                 .as_ref()
                 .and_then(|s| s.pod_ip.clone())
                 .unwrap_or_else(next_pod_ip);
-            let status = desired_status(pod, &ip, ready, restarted.as_deref());
+            let status = desired_status(pod, &ip, ready, restarted.as_deref(), !listening);
             if pod.status.as_ref() != Some(&status) {
                 self.write_status(pod, status).await;
             }
@@ -961,7 +962,7 @@ impl Kubelet {
         if crate::plan::pod_ready(pod)
             && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
         {
-            self.write_status(pod, desired_status(pod, ip, false, None))
+            self.write_status(pod, desired_status(pod, ip, false, None, false))
                 .await;
         }
         let params = DeleteParams {
@@ -1305,7 +1306,15 @@ fn next_pod_ip() -> String {
 /// The status a kubelet would report. Conditions and container statuses
 /// that keep their meaning are carried over unchanged, so a pod already in
 /// its desired state compares equal and is not written again.
-fn desired_status(pod: &Pod, ip: &str, ready: bool, restarted: Option<&str>) -> PodStatus {
+/// `starting`: the containers are still being created (the start-up time),
+/// so none reports `started` and nothing listens yet.
+fn desired_status(
+    pod: &Pod,
+    ip: &str,
+    ready: bool,
+    restarted: Option<&str>,
+    starting: bool,
+) -> PodStatus {
     let old = pod.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
     let start_time = old.start_time.clone().unwrap_or_else(|| now.clone());
@@ -1338,6 +1347,9 @@ fn desired_status(pod: &Pod, ip: &str, ready: bool, restarted: Option<&str>) -> 
                 .iter()
                 .flatten()
                 .find(|s| s.name == c.name);
+            if starting && !unpullable(c) {
+                return creating(c, previous);
+            }
             container_status(
                 pod,
                 c,
@@ -1368,6 +1380,28 @@ fn desired_status(pod: &Pod, ip: &str, ready: bool, restarted: Option<&str>) -> 
         conditions: Some(conditions.to_vec()),
         container_statuses: Some(container_statuses),
         ..old
+    }
+}
+
+/// A container still being created: not started, listening on nothing.
+fn creating(container: &Container, previous: Option<&ContainerStatus>) -> ContainerStatus {
+    if let Some(previous) =
+        previous.filter(|s| s.state.as_ref().and_then(|s| s.waiting.as_ref()).is_some())
+    {
+        return previous.clone();
+    }
+    ContainerStatus {
+        name: container.name.clone(),
+        image: container.image.clone().unwrap_or_default(),
+        started: Some(false),
+        state: Some(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("ContainerCreating".to_string()),
+                message: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
