@@ -7,7 +7,7 @@
 //!
 //! | rule | versions | source |
 //! |---|---|---|
-//! | a container reports `started` (and listens) only after the start-up time ([`Timing::startup`]) | kubelet | kubelet |
+//! | a container reports `started` (and listens) only after the start-up time ([`Timing::startup`], or the pod's [`STARTUP_ANNOTATION`]) | kubelet | kubelet |
 //! | a DB-less gateway probed on `/status/ready` is Ready only once configured | Kong ≥ 3.3 | `kong/status/ready.lua` |
 //! | probed on `/status` (or not probed) it is Ready at once, configured or not: Ready and unconfigured answers 404, **traffic lost** | any; the chart's probe below 2.26, or Kong < 3.3 (`compatibleReadiness`) | chart `_helpers.tpl` |
 //! | `/status/ready` below Kong 3.3 does not exist (404): never Ready | Kong < 3.3 | Kong 3.3 changelog |
@@ -68,6 +68,8 @@ use crate::kong::{self, Version};
 const NODE_IP: &str = "10.0.0.10";
 const FIELD_MANAGER: &str = "node-simulator";
 const UNPULLABLE: &str = "invalid";
+/// A pod annotation giving that pod's start-up time in milliseconds.
+pub const STARTUP_ANNOTATION: &str = "testenv/startup-ms";
 
 /// KIC's start-up: 60 tries, 1 s apart (`--kong-admin-init-retries`).
 const INIT_RETRIES_SECS: f64 = 60.0;
@@ -654,7 +656,7 @@ impl Kubelet {
         let mut listening = HashSet::new();
         for pod in &live {
             let since = *self.started.entry(uid(pod)).or_insert(now);
-            let at = since + t.startup;
+            let at = since + startup(pod, t);
             if image_pull_fails(pod) {
                 continue;
             }
@@ -898,7 +900,7 @@ impl Kubelet {
                 } => {
                     // Its own sidecar pushes on its first sync.
                     let at = self.started.get(&u).copied().unwrap_or(now)
-                        + t.startup
+                        + startup(pod, t)
                         + t.secs(INIT_WAIT_SECS + SYNC_TICK_SECS);
                     if now < at {
                         timers.push(at);
@@ -1381,6 +1383,15 @@ fn desired_status(
         container_statuses: Some(container_statuses),
         ..old
     }
+}
+
+/// A pod's start-up time: [`STARTUP_ANNOTATION`] in milliseconds, else the
+/// node's. Kong starts slower than KIC, and the order of the two matters.
+fn startup(pod: &Pod, timing: Timing) -> Duration {
+    pod.annotations()
+        .get(STARTUP_ANNOTATION)
+        .and_then(|ms| ms.parse().ok())
+        .map_or(timing.startup, Duration::from_millis)
 }
 
 /// A container still being created: not started, listening on nothing.
