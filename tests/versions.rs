@@ -274,3 +274,35 @@ async fn with_two_controller_replicas_a_killed_leader_hands_over_and_the_migrati
     case.wait_phase("kong", Phase::Succeeded).await;
     assert_eq!(case.downtime_ms(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kic_3_4_2_starts_only_once_a_new_gateway_listens_and_never_crash_loops() {
+    // Kong takes 3 s to listen (the fixture's start-up annotation), KIC none;
+    // KIC 3.4.0-3.4.3 exit at once on an Admin API that does not answer,
+    // then back off for 10 s, 20 s, ...
+    let case = Case::new("kic-3.4.2.yaml").await;
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    assert_migrated(&case, 1).await;
+    let controllers =
+        Api::<k8s_openapi::api::core::v1::Pod>::namespaced(case.client.clone(), &case.ns)
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&format!("sidecar-migrator.dev/controller={CONTROLLER}")),
+            )
+            .await
+            .expect("controller pods")
+            .items;
+    let restarts: Vec<i32> = controllers
+        .iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .collect();
+    assert_eq!(restarts, vec![0], "the controller never exited");
+    assert_eq!(case.downtime_ms(), 0);
+}

@@ -64,6 +64,18 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Whether the container's process runs: kubelet says `started` once it runs
+/// (and its startupProbe, if any, passed). Kong listens from then on.
+pub fn container_started(pod: &Pod, name: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == name))
+        .is_some_and(|c| {
+            c.started == Some(true) && c.state.as_ref().is_some_and(|s| s.running.is_some())
+        })
+}
+
 pub(super) fn controller_owner(pod: &Pod) -> Option<&str> {
     pod.metadata
         .owner_references

@@ -120,6 +120,20 @@ fn pod(name: &str, sidecar: bool, ready: bool, ip: &str) -> Pod {
     p
 }
 
+/// The pod with its proxy container running (Kong listens).
+fn started(mut p: Pod) -> Pod {
+    let status = p.status.get_or_insert_with(Default::default);
+    status.container_statuses = Some(vec![
+        serde_json::from_value(json!({
+            "name": "proxy", "image": "kong:3.9", "imageID": "", "ready": false,
+            "restartCount": 0, "started": true,
+            "state": { "running": { "startedAt": "2027-01-15T08:00:00Z" } }
+        }))
+        .expect("container status"),
+    ]);
+    p
+}
+
 fn slice_listing(pods: &[&str]) -> EndpointSlice {
     EndpointSlice {
         metadata: ObjectMeta {

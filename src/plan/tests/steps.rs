@@ -135,14 +135,22 @@ fn each_forward_step_acts_then_hands_over() {
     let m = in_phase(spec.clone(), Phase::DisablingSidecar, &d);
     let done = migrated(&d, &m, false);
     let svc = admin_service(&m, &d, true);
-    let obs = Observed {
+    // The controller waits for a listed new gateway that listens: KIC
+    // 3.4.0-3.4.3 exit at once on one that does not answer yet.
+    let listed_starting = Observed {
         proxy: Some(done.clone()),
         admin_service: Some(svc.clone()),
+        pods: vec![pod("new", false, false, "10.0.0.2")],
+        admin_slices: vec![slice_listing(&["new"])],
         ..Default::default()
     };
-    let p = plan(&m, &obs, later(1));
+    let p = plan(&m, &listed_starting, later(1));
     assert!(has_event(&p, "SidecarDisabled"));
     assert_eq!(p.status.phase, Phase::DeployingController);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    let mut obs = listed_starting.clone();
+    obs.pods = vec![started(pod("new", false, false, "10.0.0.2"))];
+    let p = plan(&m, &obs, later(1));
     let Some(Action::ApplyController(objs)) = p.actions.first() else {
         panic!("{:?}", p.actions)
     };
