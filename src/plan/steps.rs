@@ -295,8 +295,19 @@ impl Planner<'_> {
             let terminating = legacy
                 .iter()
                 .any(|p| p.metadata.deletion_timestamp.is_some());
+            // ZeroDowntime evicts (an orphaned legacy pod) only while a new
+            // gateway serves: Ready, which the rewritten probe makes mean
+            // configured. Kong's order cannot wait for that: its controller
+            // starts only once no legacy pod is listed.
+            let serving = self.obs.pods.iter().any(|p| {
+                !has_container(p, self.spec.controller_container())
+                    && p.metadata.deletion_timestamp.is_none()
+                    && pod_ready(p)
+            });
+            let may_evict = serving || self.spec.cutover == Cutover::DeleteLegacyPods;
             // One at a time: the next eviction waits until the last one is gone.
             if !terminating
+                && may_evict
                 && let Some(pod) = legacy.iter().find(|p| {
                     self.spec.cutover == Cutover::DeleteLegacyPods || controller_owner(p).is_none()
                 })

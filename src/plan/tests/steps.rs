@@ -454,3 +454,29 @@ fn legacy_pods_are_the_proxy_deployments_own() {
         assert_eq!(evicted, want_legacy, "{cutover}");
     }
 }
+
+#[test]
+fn zero_downtime_evicts_only_while_a_new_gateway_serves() {
+    let d = sidecar_deployment("kic:3.4");
+    let m = in_phase(json!({}), Phase::DeletingLegacyPods, &d);
+    let mut orphan = pod("kong-kong-abc-1", true, true, "10.0.0.1");
+    orphan.metadata.owner_references = None;
+    orphan.metadata.generate_name = Some("kong-kong-abc-".into());
+    // (the new gateway Ready, evicted)
+    for (new_ready, evicts) in [(false, false), (true, true)] {
+        let obs = Observed {
+            proxy: Some(migrated(&d, &m, false)),
+            pods: vec![orphan.clone(), pod("new", false, new_ready, "10.0.0.2")],
+            ..Default::default()
+        };
+        let p = plan(&m, &obs, later(1));
+        assert_eq!(
+            p.actions
+                .iter()
+                .any(|a| matches!(a, Action::EvictPod(n) if n == "kong-kong-abc-1")),
+            evicts,
+            "new gateway Ready: {new_ready}: {:?}",
+            p.actions
+        );
+    }
+}
