@@ -154,9 +154,13 @@ impl Planner<'_> {
             env_value(proxy_c, kong::ENV_DATABASE).as_deref(),
         ));
         if let Some(owner) = gitops_owner(&proxy.metadata) {
+            let election = env_value(sidecar, kong::ENV_CONTROLLER_ELECTION_ID)
+                .unwrap_or_else(|| kong::DEFAULT_ELECTION_ID.into());
             warnings.push(format!(
-                "Deployment {name} is managed by {owner}: commit the migrated values (kong chart: ingressController.enabled: false, admin.enabled: true, admin.type: ClusterIP, admin.clusterIP: None; and a controller release of the chart with deployment.kong.enabled: false, ingressController.enabled: true, ingressController.gatewayDiscovery.enabled: true, ingressController.gatewayDiscovery.adminApiService.name: {}) or {owner} will put the sidecar back",
-                spec.admin_service_name()
+                "Deployment {name} is managed by {owner}: commit the migrated values (kong chart: ingressController.enabled: false, admin.enabled: true, admin.type: ClusterIP, admin.clusterIP: None; and a controller release of the chart with deployment.kong.enabled: false, ingressController.enabled: true, ingressController.gatewayDiscovery.enabled: true, ingressController.gatewayDiscovery.adminApiService.name: {}, ingressController.env.election_id: {}, ingressController.env.kong_admin_svc_port_names: {}) or {owner} will put the sidecar back",
+                spec.admin_service_name(),
+                super::render::discovery_election_id(&election),
+                kong::ADMIN_SERVICE_PORT_NAME
             ));
         }
         if self.status.warnings != warnings {
