@@ -172,6 +172,8 @@ fn warnings_name_the_values_gitops_must_commit() {
         "deployment.kong.enabled: false",
         "ingressController.gatewayDiscovery.enabled: true",
         "ingressController.gatewayDiscovery.adminApiService.name: kong-kong-admin",
+        "ingressController.env.election_id: kong-ingress-controller-leader-kong-discovery",
+        "ingressController.env.kong_admin_svc_port_names: kong-admin-tls",
     ];
     let gitops = |labels: Value, annotations: Value| {
         let mut d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4.1");
