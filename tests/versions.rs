@@ -306,3 +306,24 @@ async fn kic_3_4_2_starts_only_once_a_new_gateway_listens_and_never_crash_loops(
     assert_eq!(restarts, vec![0], "the controller never exited");
     assert_eq!(case.downtime_ms(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_webhook_service_loses_its_endpoints_with_the_sidecar() {
+    // Its Service targets the port `webhook`, which only the sidecar declares:
+    // after the migration nothing serves it (the chart's controller release
+    // brings its own webhook). Recorded like the proxy's, for the record.
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    let webhook = "kong-kong-validation-webhook";
+    case.sim
+        .wait_ready_endpoints(&case.ns, webhook, 1, DEADLINE)
+        .await
+        .expect("the sidecar serves the webhook");
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    case.sim
+        .wait_ready_endpoints(&case.ns, webhook, 0, DEADLINE)
+        .await
+        .expect("no pod serves the webhook any more");
+    assert!(case.sim.downtime(&case.ns, webhook) > std::time::Duration::ZERO);
+}

@@ -31,6 +31,9 @@
 //! measure (no Ready endpoint at all). Every Service gets its timeline, the
 //! admission webhook's as well as the proxy's.
 //!
+//! An endpoint in an EndpointSlice without ports (its pod lacks the Service's
+//! named targetPort) counts as no endpoint.
+//!
 //! Not modelled: CA-verified Admin API TLS (skip-verify, which the chart
 //! always sets, is assumed), 30 s dial hangs, KIC's DNS `service` strategy.
 //!
@@ -417,6 +420,12 @@ impl Timelines {
             let (addresses, serving) = ready
                 .entry((namespace.clone(), service.clone()))
                 .or_default();
+            // The endpointslice controller puts pods lacking the Service's
+            // named targetPort (the webhook's, without the sidecar) in a
+            // slice with no ports: listed, Ready, and serving nothing.
+            if slice.ports.as_ref().is_none_or(Vec::is_empty) {
+                continue;
+            }
             for endpoint in &slice.endpoints {
                 let conditions = endpoint.conditions.as_ref();
                 if conditions.and_then(|c| c.ready) == Some(true)
