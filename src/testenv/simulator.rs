@@ -1232,7 +1232,8 @@ fn role(pod: &Pod) -> Role {
         let sidecar = containers.iter().find(|c| c.name == "ingress-controller");
         return Role::Gateway {
             sidecar: sidecar.map(election_id),
-            db: kong::database_mode(env(proxy, "KONG_DATABASE")) != "off",
+            // Unset means Kong's default, postgres (not the chart's "off").
+            db: env(proxy, "KONG_DATABASE").is_none_or(|db| db != "off"),
             probe: Probe::of(proxy),
             kong: proxy.image.as_deref().and_then(kong::image_version),
         };
