@@ -260,6 +260,10 @@ pub struct StepStatus {
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// When the step last made progress (DeletingLegacyPods: a legacy pod
+    /// left); its deadline runs from here once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progressed_at: Option<Time>,
     #[serde(default)]
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +287,11 @@ pub struct Original {
     pub proxy_env: Value,
     #[schemars(schema_with = "preserve_unknown_list")]
     pub proxy_ports: Value,
+    /// The proxy container's readinessProbe (a core/v1 Probe), when the
+    /// migration rewrites it to wait for configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub proxy_readiness_probe: Option<Value>,
     /// The Deployment's rollout settings (apps/v1 DeploymentStrategy),
     /// minReadySeconds and progressDeadlineSeconds, held during the migration.
     #[serde(default, skip_serializing_if = "Option::is_none")]

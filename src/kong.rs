@@ -12,6 +12,18 @@ pub const ENV_CONTROLLER_ADMIN_URL: &str = "CONTROLLER_KONG_ADMIN_URL";
 /// `namespace/name` of the Service whose EndpointSlices list the gateways.
 pub const ENV_CONTROLLER_ADMIN_SVC: &str = "CONTROLLER_KONG_ADMIN_SVC";
 pub const ENV_CONTROLLER_ADMIN_TOKEN: &str = "CONTROLLER_KONG_ADMIN_TOKEN";
+/// The admin Service port names KIC keeps. Its default differs by version
+/// (2.11/2.12 also keep the HTTP names `admin` and `kong-admin`, which KIC
+/// then dials over HTTPS and never reaches), so the operator sets it.
+pub const ENV_CONTROLLER_ADMIN_SVC_PORT_NAMES: &str = "CONTROLLER_KONG_ADMIN_SVC_PORT_NAMES";
+/// The Lease the controllers of one install elect their leader through.
+pub const ENV_CONTROLLER_ELECTION_ID: &str = "CONTROLLER_ELECTION_ID";
+/// The chart's default when `CONTROLLER_ELECTION_ID` is not set.
+pub const DEFAULT_ELECTION_ID: &str = "kong-ingress-controller-leader-kong";
+/// Appended to the sidecars' election ID for the discovery controller: in
+/// DB mode the sidecars hold their Lease until the last of them is gone, and
+/// a controller sharing it would push nothing until then.
+pub const DISCOVERY_ELECTION_SUFFIX: &str = "-discovery";
 
 /// KIC finds the admin Service's EndpointSlices by this label.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -29,6 +41,39 @@ pub const MIN_KIC_VERSION: Version = Version {
     minor: 11,
     patch: 0,
 };
+
+/// The readiness path that answers 200 only once Kong holds a configuration.
+pub const STATUS_READY_PATH: &str = "/status/ready";
+/// Kong serves `/status/ready` from 3.3 (`kong/status/ready.lua`).
+pub const MIN_KONG_STATUS_READY: Version = Version {
+    major: 3,
+    minor: 3,
+    patch: 0,
+};
+
+/// The path a DB-less gateway's readinessProbe asks, when it is one Kong
+/// answers before it is configured (`/status`, or any other than
+/// `/status/ready`). Without a sidecar such a gateway takes traffic it can
+/// only answer with 404 until the controller's first push.
+pub fn premature_readiness_path(proxy: &k8s_openapi::api::core::v1::Container) -> Option<&str> {
+    let db = proxy
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == ENV_DATABASE)
+        .and_then(|e| e.value.as_deref());
+    if database_mode(db) != "off" {
+        return None;
+    }
+    proxy
+        .readiness_probe
+        .as_ref()?
+        .http_get
+        .as_ref()?
+        .path
+        .as_deref()
+        .filter(|p| *p != STATUS_READY_PATH)
+}
 
 /// The chart's sidecar rendering of KONG_ADMIN_LISTEN, for tests and docs.
 pub const SIDECAR_ADMIN_LISTEN: &str = "127.0.0.1:8444 http2 ssl, [::1]:8444 http2 ssl";

@@ -551,10 +551,40 @@ async fn execute(
                 };
                 deployments.replace(&d.name_any(), &pp, d).await.map(drop)
             }
-            Action::ApplyAdminService(s) => services
-                .patch(&s.name_any(), &apply, &Patch::Apply(s.as_ref()))
-                .await
-                .map(drop),
+            Action::ApplyAdminService(s) => {
+                let live = services
+                    .patch(&s.name_any(), &apply, &Patch::Apply(s.as_ref()))
+                    .await?;
+                // Apply leaves ports another manager owns (an adopted chart
+                // Service's plain-HTTP `kong-admin`, which KIC would dial over
+                // HTTPS): the port list is replaced whole, as rendered.
+                let want = s.spec.as_ref().and_then(|s| s.ports.clone());
+                let has = live.spec.as_ref().and_then(|s| s.ports.as_ref());
+                let extra = has.is_some_and(|has| {
+                    has.iter().any(|p| {
+                        !want
+                            .iter()
+                            .flatten()
+                            .any(|w| w.port == p.port && w.name == p.name)
+                    })
+                });
+                if extra {
+                    let pp = PatchParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    };
+                    services
+                        .patch(
+                            &s.name_any(),
+                            &pp,
+                            &Patch::Merge(json!({ "spec": { "ports": want } })),
+                        )
+                        .await
+                        .map(drop)
+                } else {
+                    Ok(())
+                }
+            }
             Action::ApplyController(objs) => {
                 roles
                     .patch(&objs.role.name_any(), &apply, &Patch::Apply(&objs.role))

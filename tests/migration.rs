@@ -350,6 +350,40 @@ async fn rollback_on_request_while_awaiting_approval() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_of_a_succeeded_migration_restores_the_sidecar() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    let m = roll_back(&case).await;
+    assert_eq!(condition(&m, "Ready"), ("True", "RolledBack"));
+    assert_rolled_back(&case, 1).await;
+    assert_eq!(case.downtime_ms(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_of_an_already_migrated_deployment_is_refused() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    // A second migration of the migrated Deployment records no sidecar.
+    case.delete_and_wait_gone("kong").await;
+    case.start("again", json!({ "proxyDeployment": PROXY }))
+        .await;
+    case.wait_phase("again", Phase::Succeeded).await;
+    case.set("again", json!({ "rollback": true })).await;
+    case.wait_event("again", "RollbackRefused").await;
+    let m = case
+        .wait_until("again", "Stalled RollbackRefused", |m| {
+            condition(m, "Stalled") == ("True", "RollbackRefused")
+        })
+        .await;
+    assert_eq!(m.status.map(|s| s.phase), Some(Phase::Succeeded));
+    assert_migrated(&case, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_on_request_while_waiting_for_the_admin_service() {
     let case = Case::new("sidecar-1-replica.yaml").await;
     let before = rollout_settings(&case.deployments().get(PROXY).await.expect("proxy"));

@@ -169,6 +169,8 @@ async fn the_discovery_controller_crash_loops_while_the_sidecar_pod_is_listed() 
             { "name": "KONG_ADMIN_LISTEN", "value": "0.0.0.0:8444 http2 ssl, [::]:8444 http2 ssl" },
         ],
         "ports": [{ "name": "admin-tls", "containerPort": 8444 }],
+        // The chart's probe from 2.26 on: Ready only once configured.
+        "readinessProbe": { "httpGet": { "path": "/status/ready", "port": 8100 } },
     }]);
     env.apply::<Deployment>(deployment("kong-gateway", gateway_labels.into(), gateway))
         .await;

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use crate::api::*;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::facts::legacy_pod_names;
 use super::{Event, Health, IDLE_RECHECK, Planner};
 
 fn has_deadline(step: Phase) -> bool {
@@ -22,12 +25,33 @@ impl Planner<'_> {
         if !has_deadline(step.name) {
             return IDLE_RECHECK;
         }
-        let Some(started) = &step.started_at else {
+        // A resume restarts the step too, so the later of the two counts.
+        let Some(from) = [&step.started_at, &step.progressed_at]
+            .into_iter()
+            .flatten()
+            .map(|t| t.0)
+            .max()
+        else {
             return IDLE_RECHECK;
         };
-        let deadline = started.0.as_millisecond() + self.spec.step_timeout().as_millis() as i64;
+        let deadline = from.as_millisecond() + self.spec.step_timeout().as_millis() as i64;
         let left = deadline - self.now.as_millisecond();
         Duration::from_millis(left.max(0) as u64 + 100)
+    }
+
+    /// DeletingLegacyPods's deadline is per legacy pod, not for the fleet:
+    /// each pod that left since the last reconcile starts it again, so a large
+    /// fleet retired at the pace of its PodDisruptionBudget never times out
+    /// while one pod that never leaves still does.
+    pub(super) fn restart_deadline_on_progress(&mut self, i: usize) {
+        if self.status.steps[i].name != Phase::DeletingLegacyPods {
+            return;
+        }
+        let before = &self.status.legacy_pods;
+        let now = legacy_pod_names(self.spec, self.obs);
+        if before.iter().any(|p| !now.contains(p)) {
+            self.status.steps[i].progressed_at = Some(Time(self.now));
+        }
     }
 
     pub(super) fn check_timeout(&mut self, i: usize) -> Option<Health> {

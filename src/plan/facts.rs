@@ -64,6 +64,18 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Whether the container's process runs: kubelet says `started` once it runs
+/// (and its startupProbe, if any, passed). Kong listens from then on.
+pub fn container_started(pod: &Pod, name: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == name))
+        .is_some_and(|c| {
+            c.started == Some(true) && c.state.as_ref().is_some_and(|s| s.running.is_some())
+        })
+}
+
 pub(super) fn controller_owner(pod: &Pod) -> Option<&str> {
     pod.metadata
         .owner_references
@@ -71,6 +83,28 @@ pub(super) fn controller_owner(pod: &Pod) -> Option<&str> {
         .flatten()
         .find(|o| o.controller == Some(true))
         .map(|o| o.name.as_str())
+}
+
+/// Whether the proxy Deployment made this pod: its ReplicaSet is named
+/// `<deployment>-<pod-template-hash>` (the Deployment controller's rule), or,
+/// once that ReplicaSet was deleted with its pods orphaned (Kong's order), its
+/// generateName still says so. Another Deployment whose pods share the
+/// labels makes pods of another name and is neither waited for nor touched.
+pub fn owned_by(pod: &Pod, deployment: &str) -> bool {
+    let Some(hash) = pod.labels().get("pod-template-hash") else {
+        return false;
+    };
+    let rs = format!("{deployment}-{hash}");
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    match owner {
+        Some(o) => o.kind == "ReplicaSet" && o.name == rs,
+        None => pod.metadata.generate_name.as_deref() == Some(&format!("{rs}-")),
+    }
 }
 
 pub(super) fn legacy_pod_names(spec: &SidecarMigrationSpec, obs: &Observed) -> Vec<String> {

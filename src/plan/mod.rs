@@ -26,7 +26,7 @@ use crate::api::*;
 
 use facts::legacy_pod_names;
 pub use facts::{
-    deployment_available, gitops_owner, has_container, is_ours, listed_pods, pod_ready,
+    deployment_available, gitops_owner, has_container, is_ours, listed_pods, owned_by, pod_ready,
     rollout_complete, selector_labels,
 };
 pub use render::{
@@ -39,7 +39,8 @@ pub use steps::step_list;
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
     pub proxy: Option<Deployment>,
-    /// Pods selected by the proxy Deployment.
+    /// Pods selected by the proxy Deployment's labels; `plan` keeps those
+    /// the Deployment made.
     pub pods: Vec<Pod>,
     /// ReplicaSets the proxy Deployment owns.
     pub replica_sets: Vec<ReplicaSet>,
@@ -157,7 +158,18 @@ struct Health {
 }
 
 pub fn plan(scm: &SidecarMigration, obs: &Observed, now: Timestamp) -> Plan {
-    let mut p = Planner::new(scm, obs, now);
+    // The label selector also finds pods of any other Deployment that shares
+    // the chart's labels: only the proxy Deployment's own are legacy or new.
+    let own = Observed {
+        pods: obs
+            .pods
+            .iter()
+            .filter(|p| facts::owned_by(p, &scm.spec.proxy_deployment))
+            .cloned()
+            .collect(),
+        ..obs.clone()
+    };
+    let mut p = Planner::new(scm, &own, now);
     let health = p.run();
     p.finish(health)
 }
@@ -198,6 +210,12 @@ impl<'a> Planner<'a> {
         {
             self.actions.push(Action::RemoveFinalizer);
             return self.health_for_phase();
+        }
+        if !deleting && phase == Phase::Succeeded && self.spec.rollback {
+            return match self.rollback_refusal() {
+                None => self.roll_back("spec.rollback is true on a Succeeded migration"),
+                Some(why) => self.refuse_rollback(why),
+            };
         }
         if !deleting && matches!(phase, Phase::Succeeded | Phase::RolledBack) {
             self.status.legacy_pods = legacy_pod_names(self.spec, self.obs);
@@ -274,6 +292,7 @@ impl<'a> Planner<'a> {
             if let Some(health) = self.check_drift(name) {
                 return health;
             }
+            self.restart_deadline_on_progress(i);
             if let Some(health) = self.check_timeout(i) {
                 return health;
             }

@@ -10,6 +10,46 @@ use super::{
 };
 
 impl Planner<'_> {
+    /// Why a Succeeded migration cannot be rolled back, if it cannot: the
+    /// README promises rollback from any step, so one that cannot is said so.
+    pub(super) fn rollback_refusal(&self) -> Option<String> {
+        let name = &self.spec.proxy_deployment;
+        if self.status.original.is_none() {
+            return Some(format!(
+                "Deployment {name} already ran without the sidecar when this SidecarMigration started, so there is no sidecar installation to restore"
+            ));
+        }
+        if self.obs.proxy.is_none() {
+            // Removing the controller then would leave no gateway configured.
+            return Some(format!(
+                "Deployment {name} no longer exists, so the sidecar cannot be put back into it"
+            ));
+        }
+        None
+    }
+
+    pub(super) fn refuse_rollback(&mut self, why: String) -> Health {
+        let message = format!(
+            "spec.rollback is true but refused, nothing changed: {why}; set spec.rollback to false"
+        );
+        if self.scm.status.as_ref().and_then(|s| s.message.as_ref()) != Some(&message) {
+            self.events.push(super::Event {
+                warning: true,
+                reason: "RollbackRefused".into(),
+                note: message.clone(),
+            });
+        }
+        self.status.message = Some(message.clone());
+        self.requeue_after = Some(IDLE_RECHECK);
+        Health {
+            ready: true,
+            reconciling: false,
+            stalled: true,
+            reason: "RollbackRefused".into(),
+            message,
+        }
+    }
+
     pub(super) fn roll_back_because(&mut self, why: String) -> Health {
         self.status.message = Some(why.clone());
         self.roll_back(&why)

@@ -7,7 +7,9 @@ use kube::ResourceExt;
 use crate::api::*;
 use crate::kong;
 
-use super::facts::{controller_owner, legacy_pod_names, rollout_summary, rs_template_has};
+use super::facts::{
+    container_started, controller_owner, legacy_pod_names, rollout_summary, rs_template_has,
+};
 use super::render::{record_original, service_matches};
 use super::{
     Action, Outcome, Planner, Rollout, admin_service, controller_objects, deployment_available,
@@ -158,6 +160,19 @@ impl Planner<'_> {
             self.status.controller_deployment = Some(self.spec.controller_name());
             return Outcome::Done;
         }
+        // KIC 3.4.0-3.4.3 exit at once on a listed Admin API that does not
+        // answer yet, then back off for 10 s and more; and KIC >= 3.4.4 give
+        // up on an admin Service that lists nothing. Started once a new
+        // gateway listens, no version exits.
+        if self.obs.controller.is_none()
+            && self.spec.cutover == Cutover::ZeroDowntime
+            && !self.a_new_gateway_listens()
+        {
+            return Outcome::Wait(format!(
+                "waiting for Service {} to list a new gateway pod whose proxy container runs, so the controller starts against an Admin API that answers",
+                self.spec.admin_service_name()
+            ));
+        }
         let Some(objects) = controller_objects(self.scm, proxy, self.original()) else {
             return Outcome::Fail(
                 "OriginalUnreadable",
@@ -172,6 +187,16 @@ impl Planner<'_> {
                 kong::ENV_CONTROLLER_ADMIN_SVC
             ),
         )
+    }
+
+    fn a_new_gateway_listens(&self) -> bool {
+        let listed = listed_pods(&self.obs.admin_slices);
+        self.obs.pods.iter().any(|p| {
+            !has_container(p, self.spec.controller_container())
+                && p.metadata.deletion_timestamp.is_none()
+                && listed.contains(&p.name_any())
+                && container_started(p, self.spec.proxy_container())
+        })
     }
 
     // ---- WaitingForAdminService ------------------------------------------
@@ -270,8 +295,19 @@ impl Planner<'_> {
             let terminating = legacy
                 .iter()
                 .any(|p| p.metadata.deletion_timestamp.is_some());
+            // ZeroDowntime evicts (an orphaned legacy pod) only while a new
+            // gateway serves: Ready, which the rewritten probe makes mean
+            // configured. Kong's order cannot wait for that: its controller
+            // starts only once no legacy pod is listed.
+            let serving = self.obs.pods.iter().any(|p| {
+                !has_container(p, self.spec.controller_container())
+                    && p.metadata.deletion_timestamp.is_none()
+                    && pod_ready(p)
+            });
+            let may_evict = serving || self.spec.cutover == Cutover::DeleteLegacyPods;
             // One at a time: the next eviction waits until the last one is gone.
             if !terminating
+                && may_evict
                 && let Some(pod) = legacy.iter().find(|p| {
                     self.spec.cutover == Cutover::DeleteLegacyPods || controller_owner(p).is_none()
                 })

@@ -111,6 +111,22 @@ impl Planner<'_> {
                 ),
             );
         }
+        if let Some(path) = kong::premature_readiness_path(proxy_c) {
+            let kong_image = proxy_c.image.clone().unwrap_or_default();
+            if let Some(v) = kong::image_version(&kong_image)
+                && v < kong::MIN_KONG_STATUS_READY
+            {
+                return Outcome::Fail(
+                    "ReadinessProbeTooEarly",
+                    format!(
+                        "the {} container's readinessProbe asks {path}, which Kong answers before it has any configuration: without the sidecar a new gateway pod would take traffic and answer 404 until the controller's first push, and Kong {v} ({kong_image}) has no {} to wait on (Kong 3.3 added it). Upgrade Kong to 3.3 or newer first (kong chart 2.26.0 or newer then renders the {} probe), then this migration goes on",
+                        spec.proxy_container(),
+                        kong::STATUS_READY_PATH,
+                        kong::STATUS_READY_PATH
+                    ),
+                );
+            }
+        }
         let mut warnings = Vec::new();
         let image = spec
             .controller
@@ -138,9 +154,13 @@ impl Planner<'_> {
             env_value(proxy_c, kong::ENV_DATABASE).as_deref(),
         ));
         if let Some(owner) = gitops_owner(&proxy.metadata) {
+            let election = env_value(sidecar, kong::ENV_CONTROLLER_ELECTION_ID)
+                .unwrap_or_else(|| kong::DEFAULT_ELECTION_ID.into());
             warnings.push(format!(
-                "Deployment {name} is managed by {owner}: commit the migrated values (kong chart: ingressController.enabled: false, admin.enabled: true, admin.type: ClusterIP, admin.clusterIP: None; and a controller release of the chart with deployment.kong.enabled: false, ingressController.enabled: true, ingressController.gatewayDiscovery.enabled: true, ingressController.gatewayDiscovery.adminApiService.name: {}) or {owner} will put the sidecar back",
-                spec.admin_service_name()
+                "Deployment {name} is managed by {owner}: commit the migrated values (kong chart: ingressController.enabled: false, admin.enabled: true, admin.type: ClusterIP, admin.clusterIP: None; and a controller release of the chart with deployment.kong.enabled: false, ingressController.enabled: true, ingressController.gatewayDiscovery.enabled: true, ingressController.gatewayDiscovery.adminApiService.name: {}, ingressController.env.election_id: {}, ingressController.env.kong_admin_svc_port_names: {}) or {owner} will put the sidecar back",
+                spec.admin_service_name(),
+                super::render::discovery_election_id(&election),
+                kong::ADMIN_SERVICE_PORT_NAME
             ));
         }
         if self.status.warnings != warnings {
@@ -252,6 +272,19 @@ fn planned_changes(
             "hold rollingUpdate maxUnavailable 0 until the migration ends".into(),
         ),
     ];
+    if let Some(path) = kong::premature_readiness_path(proxy_c) {
+        out.insert(
+            2,
+            change(
+                Phase::DisablingSidecar,
+                &deploy,
+                format!(
+                    "readinessProbe GET {path} -> GET {} (Ready only once configured)",
+                    kong::STATUS_READY_PATH
+                ),
+            ),
+        );
+    }
     if env_value(proxy_c, kong::ENV_KONG_KIC).is_some() {
         out.insert(
             2,

@@ -1,22 +1,44 @@
 //! The node simulator: plays kubelet for the pods on one Node, and plays Kong
-//! and KIC to decide their readiness, by the rules of DESIGN.md ("Testing
-//! against a real control plane"):
+//! and KIC, version by version, to decide their readiness. Each rule is a fact
+//! of `shared/KIC-FACTS.md` (read from KIC's, Kong's and the kong chart's
+//! source); versions come from the images (`kong:3.9`,
+//! `kong/kubernetes-ingress-controller:3.4.2`; a tag naming no version counts
+//! as the newest).
 //!
-//! - A gateway pod (a container `proxy` running a `kong` image) with the
-//!   `ingress-controller` sidecar is Ready by itself, as is one in DB mode
-//!   (`KONG_DATABASE` other than `off`; unset means Kong's default, postgres).
-//! - A DB-less gateway pod without the sidecar is Ready once a Ready discovery
-//!   controller's admin Service lists it with a reachable Admin API; it stays
-//!   Ready after that, as Kong keeps its configuration in memory.
-//! - A discovery controller (a container with `CONTROLLER_KONG_ADMIN_SVC`) is
-//!   Ready when its admin Service exists and lists at least one Admin API on a
-//!   port named in `CONTROLLER_KONG_ADMIN_SVC_PORT_NAMES`, and every one listed
-//!   is reachable: not a loopback-only `KONG_ADMIN_LISTEN`, TLS, that port.
-//!   Until then it "exits" every [`RESTART_PERIOD`]. KIC checks this only at
-//!   start-up, so once Ready it stays Ready.
-//! - Any other pod is Ready by itself. An image containing `invalid` never
-//!   pulls. Pods being deleted turn not Ready and are then deleted for good.
+//! | rule | versions | source |
+//! |---|---|---|
+//! | a container reports `started` (and listens) only after the start-up time ([`Timing::startup`], or the pod's [`STARTUP_ANNOTATION`]) | kubelet | kubelet |
+//! | a DB-less gateway probed on `/status/ready` is Ready only once configured | Kong ≥ 3.3 | `kong/status/ready.lua` |
+//! | probed on `/status` (or not probed) it is Ready at once, configured or not: Ready and unconfigured answers 404, **traffic lost** | any; the chart's probe below 2.26, or Kong < 3.3 (`compatibleReadiness`) | chart `_helpers.tpl` |
+//! | `/status/ready` below Kong 3.3 does not exist (404): never Ready | Kong < 3.3 | Kong 3.3 changelog |
+//! | a gateway with the sidecar is Ready (and configured) after its sidecar's first push; in DB mode (`KONG_DATABASE` not `off`) at once | all | KIC-FACTS "When things are Ready" |
+//! | a gateway container restart ([`NodeSimulator::restart_gateway`]) empties its configuration until the leader re-pushes | all | `configuration_hash` of zeros, KIC's sync loop |
+//! | KIC keeps admin Service ports named in `CONTROLLER_KONG_ADMIN_SVC_PORT_NAMES`, default `admin,admin-tls,kong-admin,kong-admin-tls` | KIC 2.11, 2.12 | `internal/manager/config.go`, KIC #5043 |
+//! | … default `admin-tls,kong-admin-tls` | KIC ≥ 3.0 | same |
+//! | KIC dials `https://<podIP>:<port>` only: a port whose listen lacks `ssl`, a loopback-only listen, a pod not yet listening (start-up), terminating or gone, is unreachable | all | `internal/adminapi/endpoints.go` |
+//! | an unreachable endpoint at start-up: retried 60 × 1 s, then exit 1 | KIC 2.11–3.3, ≥ 3.4.4 | `internal/manager/setup.go` |
+//! | … exit 1 at once | KIC 3.4.0–3.4.3 | same |
+//! | admin Service missing or without endpoints at start-up: retried forever, `/readyz` failing | KIC ≤ 3.4.3 | same |
+//! | … exit 1 after about 60 s | KIC ≥ 3.4.4 | same |
+//! | every exit: CrashLoopBackOff, 10 s doubling to 5 min | kubelet | kubelet |
+//! | after start-up nothing exits; a gateway listed later is configured within the 10 s pending re-check | all | `kongadminapi_controller.go` |
+//! | only the holder of the Lease `CONTROLLER_ELECTION_ID` pushes; non-leaders are Ready at once; a vanished holder keeps it 15 s | DB-less discovery, DB mode (sidecars too) | KIC-FACTS "Leader election" |
+//! | the leader's first push (and its Ready): 5 s after start plus the 3 s sync tick | all | KIC-FACTS "When things are Ready" |
 //!
+//! Times scale with [`Timing::scale`] (1 = real; tests run at
+//! [`Timing::FAST`]). Downtime is the time the Service had no endpoint both
+//! Ready and configured; [`NodeSimulator::unready_time`] keeps the older
+//! measure (no Ready endpoint at all). Every Service gets its timeline, the
+//! admission webhook's as well as the proxy's.
+//!
+//! An endpoint in an EndpointSlice without ports (its pod lacks the Service's
+//! named targetPort) counts as no endpoint.
+//!
+//! Not modelled: CA-verified Admin API TLS (skip-verify, which the chart
+//! always sets, is assumed), 30 s dial hangs, KIC's DNS `service` strategy.
+//!
+//! Any other pod is Ready by itself. An image containing `invalid` never
+//! pulls. Pods being deleted turn not Ready and are then deleted for good.
 //! Pod IPs are data in the API only; nothing is ever dialled.
 
 use std::collections::{HashMap, HashSet};
@@ -44,66 +66,137 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::kong;
+use crate::kong::{self, Version};
 
-/// How often a discovery controller that cannot start exits and restarts.
-const RESTART_PERIOD: Duration = Duration::from_secs(1);
 const NODE_IP: &str = "10.0.0.10";
 const FIELD_MANAGER: &str = "node-simulator";
-/// KIC 3.x's default for `--kong-admin-svc-port-names`.
-const DEFAULT_ADMIN_PORT_NAMES: &str = "admin-tls,kong-admin-tls";
 const UNPULLABLE: &str = "invalid";
+/// A pod annotation giving that pod's start-up time in milliseconds.
+pub const STARTUP_ANNOTATION: &str = "testenv/startup-ms";
+
+/// KIC's start-up: 60 tries, 1 s apart (`--kong-admin-init-retries`).
+const INIT_RETRIES_SECS: f64 = 60.0;
+/// KIC's init wait before the first sync, and its sync tick.
+const INIT_WAIT_SECS: f64 = 5.0;
+const SYNC_TICK_SECS: f64 = 3.0;
+/// How often KIC re-checks endpoints that appeared after start-up.
+const PENDING_RECHECK_SECS: f64 = 10.0;
+const LEASE_EXPIRY_SECS: f64 = 15.0;
+const BACKOFF_FIRST_SECS: f64 = 10.0;
+const BACKOFF_MAX_SECS: f64 = 300.0;
+/// How often a waiting KIC looks at the admin Service again.
+const RETRY_SECS: f64 = 1.0;
 
 /// Namespace and name of a Service.
 type ServiceKey = (String, String);
+/// When, ready endpoints, ready and configured endpoints.
+type Counts = (Instant, usize, usize);
+/// Namespace and name of a pod.
+type PodKey = (String, String);
+
+/// How long things take on the simulated node.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// How long a pod's containers take to start (listen) after binding.
+    pub startup: Duration,
+    /// Multiplies every KIC and kubelet time (1 = real).
+    pub scale: f64,
+}
+
+impl Timing {
+    /// KIC's and kubelet's real times.
+    pub const REAL: Timing = Timing {
+        startup: Duration::ZERO,
+        scale: 1.0,
+    };
+    /// A twentieth of real time: a first push after 0.4 s, a 60 s retry
+    /// loop in 3 s; every order and ratio kept.
+    pub const FAST: Timing = Timing {
+        startup: Duration::ZERO,
+        scale: 0.05,
+    };
+
+    fn secs(&self, secs: f64) -> Duration {
+        Duration::from_secs_f64(secs * self.scale)
+    }
+}
 
 pub struct NodeSimulator {
     timelines: Arc<Timelines>,
+    shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// What the kubelet task knows and tests may read or poke.
+#[derive(Default)]
+struct Shared {
+    /// Lease holders: (namespace, election ID) → pod name.
+    leaders: Mutex<HashMap<(String, String), String>>,
+    /// Gateway pods whose Kong process restarted, for the kubelet to apply.
+    restarts: Mutex<Vec<PodKey>>,
+}
+
 impl NodeSimulator {
-    /// Simulates node `sim-node` for the pods of every namespace. It must be
-    /// the only simulator on the cluster: two would race to bind the same pods.
+    /// Simulates node `sim-node` for the pods of every namespace, at real
+    /// KIC timing. It must be the only simulator on the cluster: two would
+    /// race to bind the same pods.
     pub async fn start(client: Client) -> anyhow::Result<NodeSimulator> {
-        Self::run(client, None, Duration::ZERO).await
+        Self::run(client, None, Timing::REAL).await
     }
 
     /// Like [`NodeSimulator::start`] (or, with `namespace`,
-    /// [`NodeSimulator::start_in_namespace`]), but no container turns Ready
-    /// until `startup` has passed since its pod was bound: Kong and KIC take
-    /// seconds to start, and traffic waits that long for a replaced pod.
+    /// [`NodeSimulator::start_in_namespace`]), but no container starts until
+    /// `startup` has passed since its pod was bound, at [`Timing::FAST`].
     pub async fn start_with_startup(
         client: Client,
         namespace: Option<&str>,
         startup: Duration,
     ) -> anyhow::Result<NodeSimulator> {
-        Self::run(client, namespace, startup).await
+        Self::run(
+            client,
+            namespace,
+            Timing {
+                startup,
+                ..Timing::FAST
+            },
+        )
+        .await
     }
 
-    /// Simulates node `sim-<namespace>` for the pods of one namespace, so
-    /// tests sharing a control plane can each run their own. It sees only
-    /// that namespace's Services and EndpointSlices, so a controller's admin
-    /// Service must live there too.
+    /// Any timing, any scope.
+    pub async fn start_timed(
+        client: Client,
+        namespace: Option<&str>,
+        timing: Timing,
+    ) -> anyhow::Result<NodeSimulator> {
+        Self::run(client, namespace, timing).await
+    }
+
+    /// Simulates node `sim-<namespace>` for the pods of one namespace, at
+    /// [`Timing::FAST`], so tests sharing a control plane can each run their
+    /// own. It sees only that namespace's Services and EndpointSlices, so a
+    /// controller's admin Service must live there too.
     pub async fn start_in_namespace(
         client: Client,
         namespace: &str,
     ) -> anyhow::Result<NodeSimulator> {
-        Self::run(client, Some(namespace), Duration::ZERO).await
+        Self::run(client, Some(namespace), Timing::FAST).await
     }
 
     async fn run(
         client: Client,
         namespace: Option<&str>,
-        startup: Duration,
+        timing: Timing,
     ) -> anyhow::Result<NodeSimulator> {
         let node = namespace.map_or_else(|| "sim-node".to_string(), |ns| format!("sim-{ns}"));
         register_node(&client, &node).await?;
         let wake = Arc::new(Notify::new());
         let timelines = Arc::new(Timelines {
             by_service: Mutex::default(),
+            serving: Mutex::default(),
             changed: watch::Sender::new(()),
         });
+        let shared = Arc::new(Shared::default());
         let (pods, pods_writer) = reflector::store();
         let (services, services_writer) = reflector::store();
         let (slices, slices_writer) = reflector::store::<EndpointSlice>();
@@ -137,20 +230,43 @@ impl NodeSimulator {
                     pods,
                     services,
                     slices,
-                    startup,
+                    timing,
+                    timelines: timelines.clone(),
+                    shared: shared.clone(),
                     started: HashMap::new(),
-                    crashing_since: HashMap::new(),
+                    controllers: HashMap::new(),
+                    configured: HashSet::new(),
+                    leases: HashMap::new(),
+                    gateway_restarts: HashMap::new(),
                 }
                 .run(wake),
             ),
         ];
-        Ok(NodeSimulator { timelines, tasks })
+        Ok(NodeSimulator {
+            timelines,
+            shared,
+            tasks,
+        })
     }
 
     /// Each change of the number of ready endpoints of the Service (ready,
     /// not terminating, counted across its EndpointSlices), with its time.
     pub fn timeline(&self, namespace: &str, service: &str) -> Vec<(Instant, usize)> {
-        self.timelines.get(namespace, service)
+        self.timelines
+            .get(namespace, service)
+            .into_iter()
+            .map(|(at, ready, _)| (at, ready))
+            .collect()
+    }
+
+    /// Like [`NodeSimulator::timeline`], counting only endpoints that are
+    /// Ready *and* configured: the ones that answer traffic with a route.
+    pub fn serving_timeline(&self, namespace: &str, service: &str) -> Vec<(Instant, usize)> {
+        self.timelines
+            .get(namespace, service)
+            .into_iter()
+            .map(|(at, _, serving)| (at, serving))
+            .collect()
     }
 
     pub fn ready_endpoints(&self, namespace: &str, service: &str) -> usize {
@@ -159,23 +275,38 @@ impl NodeSimulator {
             .map_or(0, |&(_, n)| n)
     }
 
-    /// Time the Service spent without a ready endpoint since it first had one,
-    /// up to now.
+    /// Time the Service had no endpoint both Ready and configured, since it
+    /// first had one, up to now: traffic lost, whether refused for want of an
+    /// endpoint or answered 404 by an unconfigured gateway counted Ready.
     pub fn downtime(&self, namespace: &str, service: &str) -> Duration {
-        let mut total = Duration::ZERO;
-        let mut down_since = None;
-        let mut was_up = false;
-        for (at, ready) in self.timeline(namespace, service) {
-            if ready > 0 {
-                was_up = true;
-                if let Some(since) = down_since.take() {
-                    total += at - since;
-                }
-            } else if was_up && down_since.is_none() {
-                down_since = Some(at);
-            }
-        }
-        total + down_since.map_or(Duration::ZERO, |since| since.elapsed())
+        time_at_zero(&self.serving_timeline(namespace, service))
+    }
+
+    /// Time the Service had no Ready endpoint at all (the measure before
+    /// configuration was tracked; an unconfigured Ready gateway counts as up).
+    pub fn unready_time(&self, namespace: &str, service: &str) -> Duration {
+        time_at_zero(&self.timeline(namespace, service))
+    }
+
+    /// The pod holding the Lease `election_id` in `namespace`, if any.
+    pub fn leader(&self, namespace: &str, election_id: &str) -> Option<String> {
+        self.shared
+            .leaders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(namespace.to_string(), election_id.to_string()))
+            .cloned()
+    }
+
+    /// Restarts the Kong container of a gateway pod: its in-memory
+    /// configuration is gone until a leader pushes again.
+    pub fn restart_gateway(&self, namespace: &str, pod: &str) {
+        self.shared
+            .restarts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((namespace.to_string(), pod.to_string()));
+        self.timelines.changed.send_replace(());
     }
 
     /// Waits until the Service has exactly `n` ready endpoints.
@@ -222,13 +353,35 @@ impl Drop for NodeSimulator {
     }
 }
 
+/// Time spent at zero since the count was first above zero, up to now.
+fn time_at_zero(timeline: &[(Instant, usize)]) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut down_since = None;
+    let mut was_up = false;
+    for &(at, n) in timeline {
+        if n > 0 {
+            was_up = true;
+            if let Some(since) = down_since.take() {
+                total += at - since;
+            }
+        } else if was_up && down_since.is_none() {
+            down_since = Some(at);
+        }
+    }
+    total + down_since.map_or(Duration::ZERO, |since: Instant| since.elapsed())
+}
+
 struct Timelines {
-    by_service: Mutex<HashMap<ServiceKey, Vec<(Instant, usize)>>>,
+    /// (time, ready endpoints, ready and configured endpoints).
+    by_service: Mutex<HashMap<ServiceKey, Vec<Counts>>>,
+    /// Pods that would not answer a request with a route (DB-less gateways
+    /// without configuration), kept by the kubelet.
+    serving: Mutex<HashSet<PodKey>>,
     changed: watch::Sender<()>,
 }
 
 impl Timelines {
-    fn get(&self, namespace: &str, service: &str) -> Vec<(Instant, usize)> {
+    fn get(&self, namespace: &str, service: &str) -> Vec<Counts> {
         let by_service = self
             .by_service
             .lock()
@@ -239,9 +392,24 @@ impl Timelines {
             .unwrap_or_default()
     }
 
+    fn set_unconfigured(&self, unconfigured: HashSet<PodKey>, slices: &[Arc<EndpointSlice>]) {
+        let mut current = self.serving.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current == unconfigured {
+            return;
+        }
+        *current = unconfigured;
+        drop(current);
+        self.record(slices);
+    }
+
     fn record(&self, slices: &[Arc<EndpointSlice>]) {
         let now = Instant::now();
-        let mut ready: HashMap<ServiceKey, HashSet<&str>> = HashMap::new();
+        let unconfigured = self
+            .serving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut ready: HashMap<ServiceKey, (HashSet<&str>, HashSet<&str>)> = HashMap::new();
         for slice in slices {
             let (Some(namespace), Some(service)) = (
                 &slice.metadata.namespace,
@@ -249,15 +417,30 @@ impl Timelines {
             ) else {
                 continue;
             };
-            let addresses = ready
+            let (addresses, serving) = ready
                 .entry((namespace.clone(), service.clone()))
                 .or_default();
+            // The endpointslice controller puts pods lacking the Service's
+            // named targetPort (the webhook's, without the sidecar) in a
+            // slice with no ports: listed, Ready, and serving nothing.
+            if slice.ports.as_ref().is_none_or(Vec::is_empty) {
+                continue;
+            }
             for endpoint in &slice.endpoints {
                 let conditions = endpoint.conditions.as_ref();
                 if conditions.and_then(|c| c.ready) == Some(true)
                     && conditions.and_then(|c| c.terminating) != Some(true)
                 {
                     addresses.extend(endpoint.addresses.iter().map(String::as_str));
+                    let pod = endpoint.target_ref.as_ref().map(|t| {
+                        (
+                            t.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                            t.name.clone().unwrap_or_default(),
+                        )
+                    });
+                    if !pod.is_some_and(|p| unconfigured.contains(&p)) {
+                        serving.extend(endpoint.addresses.iter().map(String::as_str));
+                    }
                 }
             }
         }
@@ -270,10 +453,11 @@ impl Timelines {
             ready.entry(key.clone()).or_default();
         }
         let mut changed = false;
-        for (key, addresses) in ready {
+        for (key, (addresses, serving)) in ready {
             let timeline = by_service.entry(key).or_default();
-            if timeline.last().map(|&(_, n)| n) != Some(addresses.len()) {
-                timeline.push((now, addresses.len()));
+            let counts = (addresses.len(), serving.len());
+            if timeline.last().map(|&(_, r, s)| (r, s)) != Some(counts) {
+                timeline.push((now, counts.0, counts.1));
                 changed = true;
             }
         }
@@ -282,7 +466,6 @@ impl Timelines {
         }
     }
 }
-
 fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
@@ -355,14 +538,54 @@ struct Kubelet {
     pods: Store<Pod>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
-    /// How long a pod's containers take to start (see
-    /// [`NodeSimulator::start_with_startup`]).
-    startup: Duration,
+    timing: Timing,
+    timelines: Arc<Timelines>,
+    shared: Arc<Shared>,
     /// When each bound pod (by UID) was first seen on this node.
     started: HashMap<String, Instant>,
-    /// When each crash-looping controller pod (by UID) last (re)started.
-    crashing_since: HashMap<String, Instant>,
+    /// The KIC process of each discovery controller pod, by UID.
+    controllers: HashMap<String, Kic>,
+    /// DB-less gateways (by UID) that hold a configuration.
+    configured: HashSet<String>,
+    /// Lease holders by (namespace, election ID).
+    leases: HashMap<(String, String), Lease>,
+    /// Gateways (by UID) whose Kong restarted: how often, and when last.
+    gateway_restarts: HashMap<String, (i32, Instant)>,
 }
+
+struct Kic {
+    /// Exits so far, for CrashLoopBackOff.
+    exits: u32,
+    state: KicState,
+}
+
+enum KicState {
+    /// Discovering gateways; `failing_since`: when a listed endpoint first
+    /// did not answer.
+    StartingUp {
+        since: Instant,
+        failing_since: Option<Instant>,
+    },
+    BackOff {
+        until: Instant,
+    },
+    Running {
+        since: Instant,
+        /// When each gateway (by UID) was first seen listed.
+        seen: HashMap<String, Instant>,
+    },
+}
+
+struct Lease {
+    holder: Option<String>,
+    holder_name: String,
+    acquired: Instant,
+    /// When the holder was first seen gone: the Lease expires after that.
+    vanished: Option<Instant>,
+}
+
+/// A candidate for a Lease: pod UID, name, running since.
+type Candidate = (String, String, Instant);
 
 impl Kubelet {
     async fn run(mut self, wake: Arc<Notify>) {
@@ -370,21 +593,26 @@ impl Kubelet {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.services.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
+        let mut poked = self.timelines.changed.subscribe();
         loop {
-            match self.sync().await {
-                Some(restart_in) => {
-                    let _ = tokio::time::timeout(restart_in, wake.notified()).await;
-                }
-                None => wake.notified().await,
+            let next = self.sync().await;
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = poked.changed() => {}
+                _ = async {
+                    match next {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
     }
 
     /// Brings every pod of this node to the state the rules give it; returns
-    /// when a crash-looping controller restarts or a pod finishes starting
-    /// next, if one does.
+    /// when the next timer (a start-up, a retry, a back-off, a push, a Lease
+    /// expiry) falls due, if one is pending.
     async fn sync(&mut self) -> Option<Duration> {
-        let world = World::observe(&self.pods, &self.services, &self.slices);
         let mut live = Vec::new();
         for pod in self.pods.state() {
             if pod
@@ -403,85 +631,322 @@ impl Kubelet {
                 live.push(pod);
             }
         }
-        let is_live = |uid: &String| live.iter().any(|p| p.uid().as_deref() == Some(uid));
-        self.crashing_since.retain(|uid, _| is_live(uid));
-        self.started.retain(|uid, _| is_live(uid));
+        let uid = |p: &Pod| p.uid().unwrap_or_default();
+        let live_uids: HashSet<String> = live.iter().map(|p| uid(p)).collect();
+        self.started.retain(|u, _| live_uids.contains(u));
+        self.controllers.retain(|u, _| live_uids.contains(u));
+        self.configured.retain(|u| live_uids.contains(u));
+        self.gateway_restarts.retain(|u, _| live_uids.contains(u));
 
         let now = Instant::now();
-        let mut next_restart: Option<Duration> = None;
-        let mut starting = HashSet::new();
-        for pod in &live {
-            let uid = pod.uid().unwrap_or_default();
-            let since = *self.started.entry(uid.clone()).or_insert(now);
-            let left = self.startup.saturating_sub(now - since);
-            if !left.is_zero() {
-                starting.insert(uid);
-                next_restart = Some(next_restart.map_or(left, |n| n.min(left)));
+        let t = self.timing;
+        let mut timers: Vec<Instant> = Vec::new();
+
+        let restarts: Vec<PodKey> = std::mem::take(
+            &mut *self
+                .shared
+                .restarts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut gateway_restarted = HashSet::new();
+        for (ns, name) in restarts {
+            if let Some(pod) = live
+                .iter()
+                .find(|p| p.namespace().as_deref() == Some(&ns) && p.name_any() == name)
+            {
+                self.configured.remove(&uid(pod));
+                let entry = self.gateway_restarts.entry(uid(pod)).or_insert((0, now));
+                *entry = (entry.0 + 1, now);
+                gateway_restarted.insert(uid(pod));
             }
         }
-        let starting = |pod: &Pod| starting.contains(&pod.uid().unwrap_or_default());
 
-        // Controllers first: a gateway turns Ready through a Ready controller.
-        let mut ready_admin_services = Vec::new();
-        let mut verdicts = Vec::new();
+        let mut listening = HashSet::new();
         for pod in &live {
-            let Role::Controller { container, admin } = role(pod) else {
+            let since = *self.started.entry(uid(pod)).or_insert(now);
+            let at = since + startup(pod, t);
+            if image_pull_fails(pod) {
+                continue;
+            }
+            if now >= at {
+                listening.insert(uid(pod));
+            } else {
+                timers.push(at);
+            }
+        }
+        let world = World::observe(&self.pods, &self.services, &self.slices, &listening);
+        let is_listening = |p: &Pod| listening.contains(&uid(p));
+
+        // KIC processes: start-up, exits and back-off.
+        let mut exited: HashSet<String> = HashSet::new();
+        for pod in &live {
+            let Role::Controller { admin, kic, .. } = role(pod) else {
                 continue;
             };
-            let ready = !image_pull_fails(pod)
-                && !starting(pod)
-                && (crate::plan::pod_ready(pod)
-                    || admin.as_ref().is_some_and(|a| world.discovery_succeeds(a)));
-            let mut restarted = None;
-            if ready {
-                ready_admin_services.extend(admin);
-            } else if !image_pull_fails(pod) && !starting(pod) {
-                let since = self
-                    .crashing_since
-                    .entry(pod.uid().unwrap_or_default())
-                    .or_insert(now);
-                let mut wait = RESTART_PERIOD.saturating_sub(now - *since);
-                if wait.is_zero() {
-                    *since = now;
-                    wait = RESTART_PERIOD;
-                    restarted = Some(container);
-                }
-                next_restart = Some(next_restart.map_or(wait, |n| n.min(wait)));
+            if !is_listening(pod) {
+                continue;
             }
-            verdicts.push((pod, ready, restarted));
-        }
-        for pod in &live {
-            let ready = match role(pod) {
-                Role::Controller { .. } => continue,
-                _ if image_pull_fails(pod) || starting(pod) => false,
-                Role::Gateway {
-                    self_configured: true,
-                } => true,
-                Role::Gateway {
-                    self_configured: false,
-                } => {
-                    crate::plan::pod_ready(pod)
-                        || ready_admin_services
-                            .iter()
-                            .any(|a| world.configures(a, pod))
+            let state = self.controllers.entry(uid(pod)).or_insert(Kic {
+                exits: 0,
+                state: KicState::StartingUp {
+                    since: now,
+                    failing_since: None,
+                },
+            });
+            if let KicState::BackOff { until } = state.state {
+                if now < until {
+                    timers.push(until);
+                    continue;
                 }
-                Role::Other => true,
+                state.state = KicState::StartingUp {
+                    since: now,
+                    failing_since: None,
+                };
+            }
+            let (since, failing_since) = match &state.state {
+                KicState::StartingUp {
+                    since,
+                    failing_since,
+                } => (*since, *failing_since),
+                _ => continue,
             };
-            verdicts.push((pod, ready, None));
+            let retries_end = |from: Instant| from + t.secs(INIT_RETRIES_SECS);
+            let exit = match &admin {
+                // A malformed CONTROLLER_KONG_ADMIN_SVC fails flag parsing.
+                None => true,
+                Some(a) if world.lists_nothing(a) => {
+                    if exits_when_no_endpoints(kic) {
+                        let end = retries_end(since);
+                        timers.push(end.min(now + t.secs(RETRY_SECS)));
+                        now >= end
+                    } else {
+                        timers.push(now + t.secs(RETRY_SECS));
+                        false
+                    }
+                }
+                Some(a) if world.all_reachable(a) => {
+                    let seen = world
+                        .admin_apis(a)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|(p, _)| p.and_then(|p| p.uid()))
+                        .map(|u| (u, now))
+                        .collect();
+                    state.state = KicState::Running { since: now, seen };
+                    false
+                }
+                Some(_) if exits_on_first_unreachable(kic) => true,
+                Some(_) => {
+                    let failing = failing_since.unwrap_or(now);
+                    state.state = KicState::StartingUp {
+                        since,
+                        failing_since: Some(failing),
+                    };
+                    let end = retries_end(failing);
+                    timers.push(end.min(now + t.secs(RETRY_SECS)));
+                    now >= end
+                }
+            };
+            if exit {
+                state.exits += 1;
+                let backoff =
+                    (BACKOFF_FIRST_SECS * 2f64.powi(state.exits as i32 - 1)).min(BACKOFF_MAX_SECS);
+                let until = now + t.secs(backoff);
+                state.state = KicState::BackOff { until };
+                timers.push(until);
+                exited.insert(uid(pod));
+            }
         }
 
-        for (pod, ready, restarted) in verdicts {
+        // Leader election: running discovery controllers, and sidecars in DB mode.
+        let mut candidates: HashMap<(String, String), Vec<Candidate>> = HashMap::new();
+        for pod in &live {
+            let ns = pod.namespace().unwrap_or_default();
+            let election = match role(pod) {
+                Role::Controller { election, .. } => match self.controllers.get(&uid(pod)) {
+                    Some(Kic {
+                        state: KicState::Running { since, .. },
+                        ..
+                    }) => Some((election, *since)),
+                    _ => None,
+                },
+                Role::Gateway {
+                    sidecar: Some(election),
+                    db: true,
+                    ..
+                } if is_listening(pod) => self.started.get(&uid(pod)).map(|s| (election, *s)),
+                _ => None,
+            };
+            if let Some((election, since)) = election {
+                candidates.entry((ns, election)).or_default().push((
+                    uid(pod),
+                    pod.name_any(),
+                    since,
+                ));
+            }
+        }
+        let keys: HashSet<(String, String)> = candidates
+            .keys()
+            .chain(self.leases.keys())
+            .cloned()
+            .collect();
+        for key in keys {
+            let mut list = candidates.remove(&key).unwrap_or_default();
+            list.sort_by(|a, b| a.2.cmp(&b.2).then(a.1.cmp(&b.1)));
+            let lease = self.leases.entry(key).or_insert(Lease {
+                holder: None,
+                holder_name: String::new(),
+                acquired: now,
+                vanished: None,
+            });
+            if let Some(holder) = &lease.holder
+                && !list.iter().any(|c| &c.0 == holder)
+            {
+                // A holder that is gone keeps the Lease until it expires.
+                let gone = *lease.vanished.get_or_insert(now);
+                let expiry = gone + t.secs(LEASE_EXPIRY_SECS);
+                if now >= expiry {
+                    lease.holder = None;
+                } else {
+                    timers.push(expiry);
+                }
+            }
+            if lease.holder.is_none()
+                && let Some((uid, name, _)) = list.first()
+            {
+                lease.holder = Some(uid.clone());
+                lease.holder_name = name.clone();
+                lease.acquired = now;
+                lease.vanished = None;
+            }
+        }
+        self.leases.retain(|_, l| l.holder.is_some());
+        *self
+            .shared
+            .leaders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self
+            .leases
+            .iter()
+            .filter_map(|(k, l)| {
+                l.holder
+                    .as_ref()
+                    .map(|_| (k.clone(), l.holder_name.clone()))
+            })
+            .collect();
+
+        // Pushes: only a running leader configures the gateways it reaches.
+        let mut controller_ready: HashSet<String> = HashSet::new();
+        for pod in &live {
+            let Role::Controller {
+                admin, election, ..
+            } = role(pod)
+            else {
+                continue;
+            };
+            let Some(Kic {
+                state: KicState::Running { since, seen },
+                ..
+            }) = self.controllers.get_mut(&uid(pod))
+            else {
+                continue;
+            };
+            let key = (pod.namespace().unwrap_or_default(), election);
+            let lease = self
+                .leases
+                .get(&key)
+                .filter(|l| l.holder.as_deref() == Some(&uid(pod)));
+            let Some(lease) = lease else {
+                // A non-leader is Ready and pushes nothing.
+                controller_ready.insert(uid(pod));
+                continue;
+            };
+            let first_sync = (*since + t.secs(INIT_WAIT_SECS + SYNC_TICK_SECS))
+                .max(lease.acquired + t.secs(SYNC_TICK_SECS));
+            if now < first_sync {
+                timers.push(first_sync);
+                continue;
+            }
+            // A sync to zero gateways counts.
+            controller_ready.insert(uid(pod));
+            let Some(admin) = &admin else { continue };
+            for (gateway, port) in world.admin_apis(admin).into_iter().flatten() {
+                let Some(gateway) = gateway.filter(|g| world.reachable(g, port)) else {
+                    continue;
+                };
+                let gw = uid(gateway);
+                let seen_at = *seen.entry(gw.clone()).or_insert(now);
+                let mut at = first_sync;
+                if seen_at > *since {
+                    at = at.max(seen_at + t.secs(PENDING_RECHECK_SECS));
+                }
+                if let Some(&(_, restarted)) = self.gateway_restarts.get(&gw) {
+                    // The zeroed configuration_hash is noticed on a sync tick.
+                    at = at.max(restarted + t.secs(SYNC_TICK_SECS));
+                }
+                if now >= at {
+                    self.configured.insert(gw);
+                } else {
+                    timers.push(at);
+                }
+            }
+        }
+
+        let mut verdicts = Vec::new();
+        let mut unconfigured = HashSet::new();
+        for pod in &live {
+            let u = uid(pod);
+            let (ready, restarted) = match role(pod) {
+                Role::Controller { container, .. } => (
+                    controller_ready.contains(&u),
+                    exited.contains(&u).then_some(container),
+                ),
+                _ if !is_listening(pod) => (false, None),
+                Role::Gateway { db: true, .. } => (true, None),
+                Role::Gateway {
+                    sidecar: Some(_), ..
+                } => {
+                    // Its own sidecar pushes on its first sync.
+                    let at = self.started.get(&u).copied().unwrap_or(now)
+                        + startup(pod, t)
+                        + t.secs(INIT_WAIT_SECS + SYNC_TICK_SECS);
+                    if now < at {
+                        timers.push(at);
+                    }
+                    (now >= at, None)
+                }
+                Role::Gateway { probe, kong, .. } => {
+                    let configured = self.configured.contains(&u);
+                    if !configured {
+                        unconfigured.insert((pod.namespace().unwrap_or_default(), pod.name_any()));
+                    }
+                    let restarted = gateway_restarted.contains(&u).then(|| "proxy".to_string());
+                    (probe.ready(kong, configured), restarted)
+                }
+                Role::Other => (true, None),
+            };
+            verdicts.push((pod, ready, restarted, is_listening(pod)));
+        }
+        self.timelines
+            .set_unconfigured(unconfigured, &self.slices.state());
+
+        for (pod, ready, restarted, listening) in verdicts {
             let ip = pod
                 .status
                 .as_ref()
                 .and_then(|s| s.pod_ip.clone())
                 .unwrap_or_else(next_pod_ip);
-            let status = desired_status(pod, &ip, ready, restarted.as_deref());
+            let status = desired_status(pod, &ip, ready, restarted.as_deref(), !listening);
             if pod.status.as_ref() != Some(&status) {
                 self.write_status(pod, status).await;
             }
         }
-        next_restart
+        timers
+            .into_iter()
+            .filter(|&at| at > now)
+            .min()
+            .map(|at| at - now)
     }
 
     async fn bind(&self, pod: &Pod) {
@@ -508,7 +973,7 @@ impl Kubelet {
         if crate::plan::pod_ready(pod)
             && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
         {
-            self.write_status(pod, desired_status(pod, ip, false, None))
+            self.write_status(pod, desired_status(pod, ip, false, None, false))
                 .await;
         }
         let params = DeleteParams {
@@ -563,9 +1028,11 @@ fn report(action: &str, pod: &Pod, result: kube::Result<()>) {
 
 /// The cluster as the simulator's caches see it at the start of a sync.
 struct World {
-    pods: HashMap<(String, String), Arc<Pod>>,
+    pods: HashMap<PodKey, Arc<Pod>>,
     services: HashSet<ServiceKey>,
     slices: Vec<Arc<EndpointSlice>>,
+    /// Pods (by UID) whose containers have started and listen.
+    listening: HashSet<String>,
 }
 
 /// The Service a discovery controller reads, and the port names it keeps.
@@ -579,6 +1046,7 @@ impl World {
         pods: &Store<Pod>,
         services: &Store<Service>,
         slices: &Store<EndpointSlice>,
+        listening: &HashSet<String>,
     ) -> World {
         let key = |meta: &kube::api::ObjectMeta| {
             (
@@ -594,6 +1062,7 @@ impl World {
                 .collect(),
             services: services.state().iter().map(|s| key(&s.metadata)).collect(),
             slices: slices.state(),
+            listening: listening.clone(),
         }
     }
 
@@ -646,52 +1115,134 @@ impl World {
         Some(found)
     }
 
-    fn discovery_succeeds(&self, admin: &AdminService) -> bool {
+    fn lists_nothing(&self, admin: &AdminService) -> bool {
+        self.admin_apis(admin).is_none_or(|apis| apis.is_empty())
+    }
+
+    fn all_reachable(&self, admin: &AdminService) -> bool {
         self.admin_apis(admin).is_some_and(|apis| {
             !apis.is_empty()
                 && apis
                     .iter()
-                    .all(|&(pod, port)| pod.is_some_and(|p| admin_api_reachable(p, port)))
+                    .all(|&(pod, port)| pod.is_some_and(|p| self.reachable(p, port)))
         })
     }
 
-    fn configures(&self, admin: &AdminService, gateway: &Pod) -> bool {
-        self.admin_apis(admin)
-            .into_iter()
-            .flatten()
-            .any(|(pod, port)| {
-                pod.is_some_and(|p| p.uid() == gateway.uid()) && admin_api_reachable(gateway, port)
-            })
+    /// Whether KIC could reach the pod's Admin API at `https://<podIP>:<port>`.
+    fn reachable(&self, pod: &Pod, port: i32) -> bool {
+        pod.metadata.deletion_timestamp.is_none()
+            && self.listening.contains(&pod.uid().unwrap_or_default())
+            && proxy_container(pod)
+                .and_then(|c| env(c, "KONG_ADMIN_LISTEN"))
+                .is_some_and(|listen| listens_beyond_loopback(listen, port))
+    }
+}
+
+/// The path of the proxy container's readinessProbe, as the rule needs it.
+enum Probe {
+    /// `/status/ready`: 200 once a configuration is loaded (Kong ≥ 3.3).
+    StatusReady,
+    /// `/status`, another path, or no probe: 200 once Kong runs.
+    Running,
+}
+
+impl Probe {
+    fn of(container: &Container) -> Probe {
+        let path = container
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.as_deref());
+        match path {
+            Some("/status/ready") => Probe::StatusReady,
+            _ => Probe::Running,
+        }
+    }
+
+    fn ready(&self, kong: Option<Version>, configured: bool) -> bool {
+        match self {
+            Probe::Running => true,
+            // The endpoint came with Kong 3.3; before, it is a 404.
+            Probe::StatusReady => configured && kong.is_none_or(|v| v >= KONG_STATUS_READY),
+        }
+    }
+}
+
+const KONG_STATUS_READY: Version = Version {
+    major: 3,
+    minor: 3,
+    patch: 0,
+};
+
+fn version(major: u32, minor: u32, patch: u32) -> Version {
+    Version {
+        major,
+        minor,
+        patch,
+    }
+}
+
+/// KIC 3.4.0–3.4.3 try an unreachable endpoint once at start-up.
+fn exits_on_first_unreachable(kic: Option<Version>) -> bool {
+    kic.is_some_and(|v| v >= version(3, 4, 0) && v <= version(3, 4, 3))
+}
+
+/// KIC 3.4.4 and later give up on an admin Service without endpoints.
+fn exits_when_no_endpoints(kic: Option<Version>) -> bool {
+    kic.is_none_or(|v| v >= version(3, 4, 4))
+}
+
+/// `--kong-admin-svc-port-names`'s default: 2.x also keeps the HTTP names.
+fn default_admin_port_names(kic: Option<Version>) -> &'static str {
+    match kic {
+        Some(v) if v.major < 3 => "admin,admin-tls,kong-admin,kong-admin-tls",
+        _ => "admin-tls,kong-admin-tls",
     }
 }
 
 enum Role {
-    /// `self_configured`: has the sidecar or reads its configuration from a database.
     Gateway {
-        self_configured: bool,
+        /// The sidecar's election ID, when it has the sidecar.
+        sidecar: Option<String>,
+        /// Reads its configuration from a database.
+        db: bool,
+        probe: Probe,
+        kong: Option<Version>,
     },
     /// `admin` is None when `CONTROLLER_KONG_ADMIN_SVC` is not `namespace/name`
     /// (KIC refuses to start then).
     Controller {
         container: String,
         admin: Option<AdminService>,
+        kic: Option<Version>,
+        election: String,
     },
     Other,
+}
+
+fn election_id(container: &Container) -> String {
+    env(container, kong::ENV_CONTROLLER_ELECTION_ID)
+        .unwrap_or(kong::DEFAULT_ELECTION_ID)
+        .to_string()
 }
 
 fn role(pod: &Pod) -> Role {
     let containers = containers(pod);
     if let Some(proxy) = proxy_container(pod) {
-        let sidecar = containers.iter().any(|c| c.name == "ingress-controller");
-        let db = env(proxy, "KONG_DATABASE").is_none_or(|db| db != "off");
+        let sidecar = containers.iter().find(|c| c.name == "ingress-controller");
         return Role::Gateway {
-            self_configured: sidecar || db,
+            sidecar: sidecar.map(election_id),
+            // Unset means Kong's default, postgres (not the chart's "off").
+            db: env(proxy, "KONG_DATABASE").is_none_or(|db| db != "off"),
+            probe: Probe::of(proxy),
+            kong: proxy.image.as_deref().and_then(kong::image_version),
         };
     }
     for container in containers {
         if let Some(service) = env(container, "CONTROLLER_KONG_ADMIN_SVC") {
+            let kic = container.image.as_deref().and_then(kong::image_version);
             let port_names = env(container, "CONTROLLER_KONG_ADMIN_SVC_PORT_NAMES")
-                .unwrap_or(DEFAULT_ADMIN_PORT_NAMES);
+                .unwrap_or(default_admin_port_names(kic));
             let admin = service
                 .split_once('/')
                 .map(|(namespace, name)| AdminService {
@@ -704,6 +1255,8 @@ fn role(pod: &Pod) -> Role {
             return Role::Controller {
                 container: container.name.clone(),
                 admin,
+                kic,
+                election: election_id(container),
             };
         }
     }
@@ -741,15 +1294,6 @@ fn unpullable(container: &Container) -> bool {
         .is_some_and(|i| i.contains(UNPULLABLE))
 }
 
-/// Whether KIC could reach the pod's Admin API at `https://<podIP>:<port>`.
-fn admin_api_reachable(pod: &Pod, port: i32) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && !image_pull_fails(pod)
-        && proxy_container(pod)
-            .and_then(|c| env(c, "KONG_ADMIN_LISTEN"))
-            .is_some_and(|listen| listens_beyond_loopback(listen, port))
-}
-
 /// Parses Kong's `admin_listen` (`addr:port [flags]` entries, comma-separated).
 fn listens_beyond_loopback(listen: &str, port: i32) -> bool {
     listen.split(',').any(|entry| {
@@ -774,7 +1318,15 @@ fn next_pod_ip() -> String {
 /// The status a kubelet would report. Conditions and container statuses
 /// that keep their meaning are carried over unchanged, so a pod already in
 /// its desired state compares equal and is not written again.
-fn desired_status(pod: &Pod, ip: &str, ready: bool, restarted: Option<&str>) -> PodStatus {
+/// `starting`: the containers are still being created (the start-up time),
+/// so none reports `started` and nothing listens yet.
+fn desired_status(
+    pod: &Pod,
+    ip: &str,
+    ready: bool,
+    restarted: Option<&str>,
+    starting: bool,
+) -> PodStatus {
     let old = pod.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
     let start_time = old.start_time.clone().unwrap_or_else(|| now.clone());
@@ -807,6 +1359,9 @@ fn desired_status(pod: &Pod, ip: &str, ready: bool, restarted: Option<&str>) -> 
                 .iter()
                 .flatten()
                 .find(|s| s.name == c.name);
+            if starting && !unpullable(c) {
+                return creating(c, previous);
+            }
             container_status(
                 pod,
                 c,
@@ -837,6 +1392,37 @@ fn desired_status(pod: &Pod, ip: &str, ready: bool, restarted: Option<&str>) -> 
         conditions: Some(conditions.to_vec()),
         container_statuses: Some(container_statuses),
         ..old
+    }
+}
+
+/// A pod's start-up time: [`STARTUP_ANNOTATION`] in milliseconds, else the
+/// node's. Kong starts slower than KIC, and the order of the two matters.
+fn startup(pod: &Pod, timing: Timing) -> Duration {
+    pod.annotations()
+        .get(STARTUP_ANNOTATION)
+        .and_then(|ms| ms.parse().ok())
+        .map_or(timing.startup, Duration::from_millis)
+}
+
+/// A container still being created: not started, listening on nothing.
+fn creating(container: &Container, previous: Option<&ContainerStatus>) -> ContainerStatus {
+    if let Some(previous) =
+        previous.filter(|s| s.state.as_ref().and_then(|s| s.waiting.as_ref()).is_some())
+    {
+        return previous.clone();
+    }
+    ContainerStatus {
+        name: container.name.clone(),
+        image: container.image.clone().unwrap_or_default(),
+        started: Some(false),
+        state: Some(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("ContainerCreating".to_string()),
+                message: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 

@@ -45,7 +45,18 @@ impl Case {
         case
     }
 
+    /// [`Case::new`] on a node whose pods take `startup` to start.
+    pub async fn with_startup(fixture: &str, startup: Duration) -> Case {
+        let mut case = Case::setup(fixture, startup).await;
+        case.start_operator();
+        case
+    }
+
     pub async fn without_operator(fixture: &str) -> Case {
+        Case::setup(fixture, Duration::ZERO).await
+    }
+
+    async fn setup(fixture: &str, startup: Duration) -> Case {
         // The operator's logs, shown with a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -60,7 +71,7 @@ impl Case {
         let client = cp.client().await.expect("client");
         let operator_client =
             reconcile::client(cp.config().await.expect("config")).expect("operator client");
-        let sim = NodeSimulator::start_in_namespace(client.clone(), &ns)
+        let sim = NodeSimulator::start_with_startup(client.clone(), Some(&ns), startup)
             .await
             .expect("node simulator");
         apply_fixture(&client, &ns, fixture)

@@ -14,6 +14,14 @@ use crate::plan::ControllerObjects;
 
 use super::migration_meta;
 
+/// The discovery controller's own Lease name, derived from the sidecars'.
+pub fn discovery_election_id(sidecar_election: &str) -> String {
+    if sidecar_election.ends_with(kong::DISCOVERY_ELECTION_SUFFIX) {
+        return sidecar_election.to_string();
+    }
+    format!("{sidecar_election}{}", kong::DISCOVERY_ELECTION_SUFFIX)
+}
+
 /// The Gateway Discovery controller, built from the sidecar container: same
 /// image, env (secret references stay references), args, probes, security
 /// context, ServiceAccount and the volumes it mounts; the Admin API is found
@@ -29,14 +37,38 @@ pub fn controller_objects(
     let mut c: Container = serde_json::from_value(original.sidecar.clone()).ok()?;
     let pod = proxy.spec.as_ref()?.template.spec.clone()?;
     let env = c.env.get_or_insert_with(Vec::new);
+    let sidecar_election = env
+        .iter()
+        .find(|e| e.name == kong::ENV_CONTROLLER_ELECTION_ID)
+        .and_then(|e| e.value.clone())
+        .unwrap_or_else(|| kong::DEFAULT_ELECTION_ID.into());
     env.retain(|e| {
-        e.name != kong::ENV_CONTROLLER_ADMIN_URL && e.name != kong::ENV_CONTROLLER_ADMIN_SVC
+        ![
+            kong::ENV_CONTROLLER_ADMIN_URL,
+            kong::ENV_CONTROLLER_ADMIN_SVC,
+            kong::ENV_CONTROLLER_ADMIN_SVC_PORT_NAMES,
+            kong::ENV_CONTROLLER_ELECTION_ID,
+        ]
+        .contains(&e.name.as_str())
     });
-    env.push(EnvVar {
-        name: kong::ENV_CONTROLLER_ADMIN_SVC.into(),
-        value: Some(format!("{ns}/{}", spec.admin_service_name())),
+    let value = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
         ..Default::default()
-    });
+    };
+    env.push(value(
+        kong::ENV_CONTROLLER_ADMIN_SVC,
+        format!("{ns}/{}", spec.admin_service_name()),
+    ));
+    // Only the TLS name the admin Service carries: KIC always dials HTTPS.
+    env.push(value(
+        kong::ENV_CONTROLLER_ADMIN_SVC_PORT_NAMES,
+        kong::ADMIN_SERVICE_PORT_NAME.into(),
+    ));
+    env.push(value(
+        kong::ENV_CONTROLLER_ELECTION_ID,
+        discovery_election_id(&sidecar_election),
+    ));
     if let Some(overrides) = &spec.controller {
         if let Some(image) = &overrides.image {
             c.image = Some(image.clone());

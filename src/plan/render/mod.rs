@@ -15,7 +15,7 @@ use crate::api::*;
 
 pub use admin_service::admin_service;
 pub(super) use admin_service::{adopted_service_restored, service_matches};
-pub use controller::controller_objects;
+pub use controller::{controller_objects, discovery_election_id};
 pub(super) use proxy::record_original;
 pub use proxy::{Rollout, migrate_template, restore_template, with_rollout};
 

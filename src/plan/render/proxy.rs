@@ -45,6 +45,9 @@ pub(crate) fn record_original(
         sidecar_index: index as u32,
         proxy_env: to_value(&proxy_c.env.clone().unwrap_or_default()),
         proxy_ports: to_value(&proxy_c.ports.clone().unwrap_or_default()),
+        proxy_readiness_probe: kong::premature_readiness_path(proxy_c)
+            .and(proxy_c.readiness_probe.as_ref())
+            .map(to_value),
         strategy: dspec.strategy.as_ref().map(to_value),
         min_ready_seconds: dspec.min_ready_seconds,
         progress_deadline_seconds: dspec.progress_deadline_seconds,
@@ -91,6 +94,13 @@ pub fn migrate_template(proxy: &Deployment, spec: &SidecarMigrationSpec) -> Depl
                 ..Default::default()
             }),
         }
+        // Without its sidecar the gateway must not count as Ready before the
+        // controller's first push (validation refused Kong < 3.3).
+        if kong::premature_readiness_path(c).is_some()
+            && let Some(get) = c.readiness_probe.as_mut().and_then(|p| p.http_get.as_mut())
+        {
+            get.path = Some(kong::STATUS_READY_PATH.into());
+        }
         let ports = c.ports.get_or_insert_with(Vec::new);
         if let Some(p) = ports
             .iter_mut()
@@ -136,6 +146,13 @@ pub fn restore_template(
             serde_json::from_value(original.proxy_ports.clone()).unwrap_or_default();
         c.env = (!env.is_empty()).then_some(env);
         c.ports = (!ports.is_empty()).then_some(ports);
+        if let Some(probe) = original
+            .proxy_readiness_probe
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+        {
+            c.readiness_probe = Some(probe);
+        }
     }
     if !pod
         .containers

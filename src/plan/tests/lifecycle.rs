@@ -113,3 +113,47 @@ fn without_a_free_slot_a_migration_waits_in_pending() {
         "a slot frees without an event on this object"
     );
 }
+
+#[test]
+fn deleting_legacy_pods_deadline_restarts_when_a_pod_leaves() {
+    let d = sidecar_deployment("kic:3.4");
+    let mut m = in_phase(
+        json!({ "stepTimeoutSeconds": 60 }),
+        Phase::DeletingLegacyPods,
+        &d,
+    );
+    let mut proxy = migrated(&d, &m, false);
+    proxy.status = Some(DeploymentStatus {
+        replicas: Some(4),
+        ..settled(1)
+    });
+    let fleet = |legacy: &[&str]| {
+        let mut pods: Vec<Pod> = legacy
+            .iter()
+            .map(|n| pod(n, true, true, "10.0.0.1"))
+            .collect();
+        pods.push(pod("new", false, true, "10.0.0.2"));
+        Observed {
+            proxy: Some(proxy.clone()),
+            pods,
+            ..Default::default()
+        }
+    };
+    // (seconds since the step started, legacy pods then, still in the step)
+    let cases: [(i64, &[&str], bool); 4] = [
+        (10, &["a", "b", "c"], true),
+        (50, &["b", "c"], true),
+        (100, &["c"], true),
+        (161, &["c"], false),
+    ];
+    for (at, legacy, running) in cases {
+        let p = plan(&m, &fleet(legacy), later(at));
+        assert_eq!(
+            p.status.phase == Phase::DeletingLegacyPods,
+            running,
+            "at {at}s with {legacy:?}: {:?}",
+            p.status.message
+        );
+        m.status = Some(p.status);
+    }
+}

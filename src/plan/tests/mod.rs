@@ -103,8 +103,8 @@ fn pod(name: &str, sidecar: bool, ready: bool, ip: &str) -> Pod {
         );
     }
     let mut p: Pod = serde_json::from_value(json!({
-        "metadata": { "name": name, "namespace": NS,
-            "ownerReferences": [ { "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "rs", "controller": true } ] },
+        "metadata": { "name": name, "namespace": NS, "labels": { "pod-template-hash": "abc" },
+            "ownerReferences": [ { "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "kong-kong-abc", "uid": "rs", "controller": true } ] },
         "spec": { "containers": containers }
     }))
     .expect("valid pod");
@@ -117,6 +117,20 @@ fn pod(name: &str, sidecar: bool, ready: bool, ip: &str) -> Pod {
         }]),
         ..Default::default()
     });
+    p
+}
+
+/// The pod with its proxy container running (Kong listens).
+fn started(mut p: Pod) -> Pod {
+    let status = p.status.get_or_insert_with(Default::default);
+    status.container_statuses = Some(vec![
+        serde_json::from_value(json!({
+            "name": "proxy", "image": "kong:3.9", "imageID": "", "ready": false,
+            "restartCount": 0, "started": true,
+            "state": { "running": { "startedAt": "2027-01-15T08:00:00Z" } }
+        }))
+        .expect("container status"),
+    ]);
     p
 }
 

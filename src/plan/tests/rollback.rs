@@ -137,3 +137,52 @@ fn deletion_rolls_back_an_unfinished_migration_only() {
     let p = plan(&never_started, &Observed::default(), now());
     assert_eq!(p.actions, vec![Action::RemoveFinalizer]);
 }
+
+#[test]
+fn rollback_of_a_succeeded_migration_restores_or_is_refused() {
+    let d = sidecar_deployment("kic:3.4");
+    let succeeded = |m: &mut SidecarMigration| {
+        let status = m.status.as_mut().expect("status");
+        status.phase = Phase::Succeeded;
+        for step in &mut status.steps {
+            step.state = StepState::Succeeded;
+        }
+    };
+    let mut m = in_phase(json!({ "rollback": true }), Phase::DeletingLegacyPods, &d);
+    succeeded(&mut m);
+    let obs = Observed {
+        proxy: Some(migrated(&d, &m, false)),
+        pods: vec![pod("new", false, true, "10.0.0.2")],
+        ..Default::default()
+    };
+    let p = plan(&m, &obs, later(1));
+    assert_eq!(p.status.phase, Phase::RollingBack);
+    assert!(matches!(p.actions.first(), Some(Action::ReplaceProxy(_))));
+
+    // (why, the migration, what it observes)
+    let mut already = m.clone();
+    if let Some(s) = already.status.as_mut() {
+        s.original = None;
+    }
+    let gone = Observed {
+        proxy: None,
+        ..obs.clone()
+    };
+    for (why, m, obs) in [
+        ("already migrated", &already, &obs),
+        ("Deployment gone", &m, &gone),
+    ] {
+        let p = plan(m, obs, later(1));
+        assert_eq!(p.status.phase, Phase::Succeeded, "{why}");
+        assert!(p.actions.is_empty(), "{why}: {:?}", p.actions);
+        assert!(has_event(&p, "RollbackRefused"), "{why}");
+        assert_eq!(cond(&p, "Stalled").reason, "RollbackRefused", "{why}");
+        assert!(
+            p.status
+                .message
+                .as_deref()
+                .is_some_and(|t| t.contains("set spec.rollback to false")),
+            "{why}"
+        );
+    }
+}

@@ -135,14 +135,22 @@ fn each_forward_step_acts_then_hands_over() {
     let m = in_phase(spec.clone(), Phase::DisablingSidecar, &d);
     let done = migrated(&d, &m, false);
     let svc = admin_service(&m, &d, true);
-    let obs = Observed {
+    // The controller waits for a listed new gateway that listens: KIC
+    // 3.4.0-3.4.3 exit at once on one that does not answer yet.
+    let listed_starting = Observed {
         proxy: Some(done.clone()),
         admin_service: Some(svc.clone()),
+        pods: vec![pod("new", false, false, "10.0.0.2")],
+        admin_slices: vec![slice_listing(&["new"])],
         ..Default::default()
     };
-    let p = plan(&m, &obs, later(1));
+    let p = plan(&m, &listed_starting, later(1));
     assert!(has_event(&p, "SidecarDisabled"));
     assert_eq!(p.status.phase, Phase::DeployingController);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    let mut obs = listed_starting.clone();
+    obs.pods = vec![started(pod("new", false, false, "10.0.0.2"))];
+    let p = plan(&m, &obs, later(1));
     let Some(Action::ApplyController(objs)) = p.actions.first() else {
         panic!("{:?}", p.actions)
     };
@@ -158,6 +166,16 @@ fn each_forward_step_acts_then_hands_over() {
         Some("kong/kong-kong-admin")
     );
     assert_eq!(env_value(c, "CONTROLLER_KONG_ADMIN_URL"), None);
+    // KIC 2.11/2.12's default also keeps HTTP port names it can never reach.
+    assert_eq!(
+        env_value(c, "CONTROLLER_KONG_ADMIN_SVC_PORT_NAMES").as_deref(),
+        Some("kong-admin-tls")
+    );
+    // Its own Lease: the sidecars (DB mode) hold the chart's.
+    assert_eq!(
+        env_value(c, "CONTROLLER_ELECTION_ID").as_deref(),
+        Some("kong-ingress-controller-leader-kong-discovery")
+    );
     assert!(
         c.env
             .iter()
@@ -388,4 +406,77 @@ fn kong_order_orphans_legacy_replica_sets_and_evicts_one_pod_at_a_time() {
         "the next eviction waits for the last pod to go: {:?}",
         p.actions
     );
+}
+
+#[test]
+fn legacy_pods_are_the_proxy_deployments_own() {
+    let d = sidecar_deployment("kic:3.4");
+    // Another Deployment's pod with the same labels, and one of ours orphaned
+    // by Kong's order (its ReplicaSet deleted, its generateName left).
+    let mut other = pod("kong-other-xyz-1", true, true, "10.0.0.9");
+    other.metadata.labels = Some([("pod-template-hash".into(), "xyz".into())].into());
+    if let Some(o) = other.metadata.owner_references.as_mut() {
+        o[0].name = "kong-other-xyz".into();
+    }
+    let mut orphan = pod("kong-kong-abc-1", true, true, "10.0.0.1");
+    orphan.metadata.owner_references = None;
+    orphan.metadata.generate_name = Some("kong-kong-abc-".into());
+    let mut bare = pod("kong-kong-abc-2", true, true, "10.0.0.3");
+    bare.metadata.owner_references = None;
+    let cases = [
+        ("ZeroDowntime", vec![other.clone()], vec![]),
+        ("DeleteLegacyPods", vec![other.clone()], vec![]),
+        (
+            "DeleteLegacyPods",
+            vec![other.clone(), orphan.clone(), bare.clone()],
+            vec!["kong-kong-abc-1"],
+        ),
+    ];
+    for (cutover, extra, want_legacy) in cases {
+        let m = in_phase(json!({ "cutover": cutover }), Phase::DeletingLegacyPods, &d);
+        let mut pods = vec![pod("new", false, true, "10.0.0.2")];
+        pods.extend(extra);
+        let obs = Observed {
+            proxy: Some(migrated(&d, &m, false)),
+            pods,
+            ..Default::default()
+        };
+        let p = plan(&m, &obs, later(1));
+        assert_eq!(p.status.legacy_pods, want_legacy, "{cutover}");
+        let evicted: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::EvictPod(name) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(evicted, want_legacy, "{cutover}");
+    }
+}
+
+#[test]
+fn zero_downtime_evicts_only_while_a_new_gateway_serves() {
+    let d = sidecar_deployment("kic:3.4");
+    let m = in_phase(json!({}), Phase::DeletingLegacyPods, &d);
+    let mut orphan = pod("kong-kong-abc-1", true, true, "10.0.0.1");
+    orphan.metadata.owner_references = None;
+    orphan.metadata.generate_name = Some("kong-kong-abc-".into());
+    // (the new gateway Ready, evicted)
+    for (new_ready, evicts) in [(false, false), (true, true)] {
+        let obs = Observed {
+            proxy: Some(migrated(&d, &m, false)),
+            pods: vec![orphan.clone(), pod("new", false, new_ready, "10.0.0.2")],
+            ..Default::default()
+        };
+        let p = plan(&m, &obs, later(1));
+        assert_eq!(
+            p.actions
+                .iter()
+                .any(|a| matches!(a, Action::EvictPod(n) if n == "kong-kong-abc-1")),
+            evicts,
+            "new gateway Ready: {new_ready}: {:?}",
+            p.actions
+        );
+    }
 }

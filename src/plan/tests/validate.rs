@@ -172,6 +172,8 @@ fn warnings_name_the_values_gitops_must_commit() {
         "deployment.kong.enabled: false",
         "ingressController.gatewayDiscovery.enabled: true",
         "ingressController.gatewayDiscovery.adminApiService.name: kong-kong-admin",
+        "ingressController.env.election_id: kong-ingress-controller-leader-kong-discovery",
+        "ingressController.env.kong_admin_svc_port_names: kong-admin-tls",
     ];
     let gitops = |labels: Value, annotations: Value| {
         let mut d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4.1");
@@ -235,5 +237,117 @@ fn warnings_name_the_values_gitops_must_commit() {
             .warnings
             .iter()
             .any(|w| w.contains("names no version"))
+    );
+}
+
+/// The sidecar Deployment with Kong `kong` probed for readiness on `path`.
+fn probed(kong: &str, path: &str) -> Deployment {
+    let mut d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4.1");
+    let proxy = d
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.iter_mut().find(|c| c.name == "proxy"))
+        .expect("proxy container");
+    proxy.image = Some(kong.into());
+    proxy.readiness_probe = Some(
+        serde_json::from_value(json!({ "httpGet": { "path": path, "port": "status" } }))
+            .expect("probe"),
+    );
+    d
+}
+
+fn probe_path(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == "proxy")?
+        .readiness_probe
+        .as_ref()?
+        .http_get
+        .as_ref()?
+        .path
+        .clone()
+}
+
+#[test]
+fn a_probe_that_passes_before_configuration_is_rewritten_or_refused() {
+    // (Kong image, probe path, refused, path once migrated)
+    let cases = [
+        ("kong:3.2", "/status", true, "/status"),
+        ("kong:3.2.2", "/healthz", true, "/healthz"),
+        ("kong:3.3", "/status", false, "/status/ready"),
+        ("kong:3.9", "/status", false, "/status/ready"),
+        ("kong:latest", "/status", false, "/status/ready"),
+        ("kong:3.9", "/status/ready", false, "/status/ready"),
+        ("kong:3.2", "/status/ready", false, "/status/ready"),
+    ];
+    for (kong, path, refused, migrated_path) in cases {
+        let d = probed(kong, path);
+        let m = scm(json!({}));
+        let p = plan(
+            &m,
+            &Observed {
+                proxy: Some(d.clone()),
+                ..Default::default()
+            },
+            now(),
+        );
+        let why = format!("{kong} {path}");
+        if refused {
+            assert_eq!(p.status.phase, Phase::Failed, "{why}");
+            assert_eq!(
+                cond(&p, "Stalled").reason,
+                "ReadinessProbeTooEarly",
+                "{why}"
+            );
+            assert!(p.actions.is_empty(), "{why}");
+            let message = p.status.message.clone().unwrap_or_default();
+            assert!(message.contains("2.26.0"), "{why}: {message}");
+            continue;
+        }
+        assert_ne!(
+            p.status.phase,
+            Phase::Failed,
+            "{why}: {:?}",
+            p.status.message
+        );
+        let m = in_phase(json!({}), Phase::DisablingSidecar, &d);
+        let original = m
+            .status
+            .as_ref()
+            .and_then(|s| s.original.clone())
+            .expect("original");
+        let migrated = migrate_template(&d, &m.spec);
+        assert_eq!(
+            probe_path(&migrated).as_deref(),
+            Some(migrated_path),
+            "{why}"
+        );
+        let back = restore_template(&migrated, &m.spec, &original);
+        assert_eq!(probe_path(&back).as_deref(), Some(path), "{why}: rollback");
+    }
+    // DB mode needs no push: its probe is left alone.
+    let mut d = probed("kong:3.9", "/status");
+    if let Some(c) = d
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.iter_mut().find(|c| c.name == "proxy"))
+    {
+        c.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+            name: "KONG_DATABASE".into(),
+            value: Some("postgres".into()),
+            ..Default::default()
+        }]);
+    }
+    let m = scm(json!({}));
+    assert_eq!(
+        probe_path(&migrate_template(&d, &m.spec)).as_deref(),
+        Some("/status")
     );
 }
