@@ -16,8 +16,10 @@ const PLACEHOLDER: &str = "${NAMESPACE}";
 const FIELD_MANAGER: &str = "testenv";
 
 /// Reads `tests/fixtures/<file_name>` for `namespace`. Namespaced objects get
-/// that namespace; the chart's cluster-scoped RBAC objects get `-<namespace>`
-/// appended to their names, so installs in different namespaces stay apart.
+/// that namespace; the chart's cluster-scoped objects (RBAC, the
+/// ValidatingWebhookConfiguration) get `-<namespace>` appended to their names
+/// unless the chart already puts the namespace in them, so installs in
+/// different namespaces stay apart.
 pub fn load_fixture(file_name: &str, namespace: &str) -> anyhow::Result<Vec<DynamicObject>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -34,12 +36,21 @@ pub fn load_fixture(file_name: &str, namespace: &str) -> anyhow::Result<Vec<Dyna
             .as_ref()
             .map(|t| t.kind.as_str())
             .unwrap_or_default();
+        let scoped_name = |name: String| {
+            if name.contains(namespace) {
+                name
+            } else {
+                format!("{name}-{namespace}")
+            }
+        };
         match kind {
-            "ClusterRole" => {
-                object.metadata.name = Some(format!("{}-{namespace}", object.name_any()))
+            "ClusterRole" | "ValidatingWebhookConfiguration" => {
+                // Some chart versions render a namespace on these too.
+                object.metadata.namespace = None;
+                object.metadata.name = Some(scoped_name(object.name_any()))
             }
             "ClusterRoleBinding" => {
-                object.metadata.name = Some(format!("{}-{namespace}", object.name_any()));
+                object.metadata.name = Some(scoped_name(object.name_any()));
                 let role = object
                     .data
                     .pointer_mut("/roleRef/name")
