@@ -292,6 +292,17 @@ pub struct Original {
     pub min_ready_seconds: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline_seconds: Option<i32>,
+    /// The pod's volumes as they were (core/v1 Volume list): the controller
+    /// Deployment mounts the sidecar's, and rollback puts back, in their
+    /// place, those the migration drops from the gateway's template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub volumes: Option<Value>,
+    /// The env of each init container the migration rewrites (the chart
+    /// renders the proxy's KONG_* env into `clear-stale-pid` too), by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub init_container_env: std::collections::BTreeMap<String, Value>,
     /// Set when an existing admin Service was adopted: its selector and ports
     /// as they were (rollback restores them instead of deleting the Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]

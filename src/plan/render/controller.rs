@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, EnvVar};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Volume};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
@@ -51,12 +51,16 @@ pub fn controller_objects(
         .flatten()
         .map(|m| m.name.as_str())
         .collect();
-    let volumes: Vec<_> = pod
+    // The recorded volumes: by now the gateway's template may no longer
+    // carry the sidecar-only ones (webhook certificate).
+    let recorded: Option<Vec<Volume>> = original
         .volumes
-        .iter()
-        .flatten()
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok());
+    let volumes: Vec<_> = recorded
+        .unwrap_or_else(|| pod.volumes.clone().unwrap_or_default())
+        .into_iter()
         .filter(|v| mounted.contains(&v.name.as_str()))
-        .cloned()
         .collect();
     let pod_labels = BTreeMap::from([
         (CONTROLLER_SELECTOR_LABEL.to_string(), name.clone()),
