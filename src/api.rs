@@ -15,6 +15,14 @@ pub const FINALIZER: &str = "sidecar-migrator.dev/rollback";
 /// Marks objects the operator created, so it never claims one it did not make.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "sidecar-migrator";
+/// Helm's ownership metadata: an object carrying it for a release is one
+/// `helm upgrade` of that release adopts instead of refusing.
+pub const HELM_MANAGED_BY: &str = "Helm";
+pub const HELM_RELEASE_NAME: &str = "meta.helm.sh/release-name";
+pub const HELM_RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
+/// On every object the operator renders for a Helm release (whose
+/// `managed-by` is then Helm's): the operator's watches find them by it.
+pub const HANDOFF_LABEL: &str = "sidecar-migrator.dev/handed-over";
 /// Names the SidecarMigration that owns an object (no ownerReference: a
 /// Succeeded migration's objects must outlive the CR).
 pub const MIGRATION_ANNOTATION: &str = "sidecar-migrator.dev/migration";

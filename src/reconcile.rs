@@ -173,6 +173,10 @@ pub async fn run(
         MANAGED_BY_LABEL.into(),
         MANAGED_BY.into(),
     )));
+    // Objects rendered for a Helm release carry Helm's managed-by, and so do
+    // their EndpointSlices: a second watch finds them by the hand-over label.
+    let handed_over = watcher::Config::default()
+        .labels_from(&Selector::from(Expression::Exists(HANDOFF_LABEL.into())));
     let controller = Controller::new(migrations, watcher::Config::default().any_semantic())
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
     let store = controller.store();
@@ -243,11 +247,21 @@ pub async fn run(
         .watches(
             scoped::<Meta<Service>>(&client, &namespace),
             ours.clone(),
+            by_service.clone(),
+        )
+        .watches(
+            scoped::<Meta<Service>>(&client, &namespace),
+            handed_over.clone(),
             by_service,
         )
         .watches(
             scoped::<Meta<EndpointSlice>>(&client, &namespace),
             ours,
+            by_slice.clone(),
+        )
+        .watches(
+            scoped::<Meta<EndpointSlice>>(&client, &namespace),
+            handed_over,
             by_slice,
         )
         .shutdown_on_signal()

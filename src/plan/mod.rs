@@ -26,8 +26,8 @@ use crate::api::*;
 
 use facts::legacy_pod_names;
 pub use facts::{
-    deployment_available, gitops_owner, has_container, is_ours, listed_pods, pod_ready,
-    rollout_complete, selector_labels,
+    deployment_available, gitops_owner, has_container, helm_can_adopt, helm_release, is_ours,
+    listed_pods, pod_ready, rollout_complete, selector_labels,
 };
 pub use render::{
     Rollout, admin_service, controller_objects, migrate_template, restore_template, with_rollout,

@@ -70,7 +70,45 @@ pub async fn apply_fixture(
     namespace: &str,
     file_name: &str,
 ) -> anyhow::Result<()> {
-    for object in load_fixture(file_name, namespace)? {
+    apply_objects(
+        client,
+        namespace,
+        load_fixture(file_name, namespace)?,
+        FIELD_MANAGER,
+    )
+    .await
+}
+
+/// The fixture as `helm install` or `helm upgrade` of `release` (Helm 4,
+/// server-side) writes it: field manager `helm`, and Helm's ownership
+/// annotations on every object.
+pub async fn apply_fixture_as_helm(
+    client: &Client,
+    namespace: &str,
+    file_name: &str,
+    release: &str,
+) -> anyhow::Result<()> {
+    let mut objects = load_fixture(file_name, namespace)?;
+    for object in &mut objects {
+        let annotations = object
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        annotations.insert("meta.helm.sh/release-name".into(), release.into());
+        annotations.insert("meta.helm.sh/release-namespace".into(), namespace.into());
+    }
+    apply_objects(client, namespace, objects, "helm").await
+}
+
+/// Server-side-applies `objects` with `manager`, taking over conflicting
+/// fields as `--force-conflicts` does.
+pub async fn apply_objects(
+    client: &Client,
+    namespace: &str,
+    objects: Vec<DynamicObject>,
+    manager: &str,
+) -> anyhow::Result<()> {
+    for object in objects {
         let types = object
             .types
             .as_ref()
@@ -84,11 +122,11 @@ pub async fn apply_fixture(
         let name = object.name_any();
         api.patch(
             &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
+            &PatchParams::apply(manager).force(),
             &Patch::Apply(&object),
         )
         .await
-        .with_context(|| format!("applying {} {name} from {file_name}", types.kind))?;
+        .with_context(|| format!("applying {} {name}", types.kind))?;
     }
     Ok(())
 }

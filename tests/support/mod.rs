@@ -17,7 +17,9 @@ use sidecar_migrator::api::{DISCOVERY_LABEL, Phase, SidecarMigration, StepState}
 use sidecar_migrator::metrics::Metrics;
 use sidecar_migrator::plan;
 use sidecar_migrator::reconcile::{self, Context, Slots};
-use sidecar_migrator::testenv::{ControlPlane, NodeSimulator, apply_fixture, wait_for};
+use sidecar_migrator::testenv::{
+    ControlPlane, NodeSimulator, apply_fixture, apply_fixture_as_helm, wait_for,
+};
 use tokio::task::JoinHandle;
 
 pub const PROXY: &str = "kong-kong";
@@ -45,7 +47,29 @@ impl Case {
         case
     }
 
+    /// A namespace with `fixture` installed as `helm install kong` would
+    /// (field manager `helm`, Helm's ownership annotations), and the operator.
+    pub async fn installed_by_helm(fixture: &str) -> Case {
+        let mut case = Case::setup().await;
+        apply_fixture_as_helm(&case.client, &case.ns, fixture, "kong")
+            .await
+            .expect("fixture applies");
+        case.wait_rollout(PROXY).await;
+        case.start_operator();
+        case
+    }
+
     pub async fn without_operator(fixture: &str) -> Case {
+        let case = Case::setup().await;
+        apply_fixture(&case.client, &case.ns, fixture)
+            .await
+            .expect("fixture applies");
+        case.wait_rollout(PROXY).await;
+        case
+    }
+
+    /// The namespace, clients and node simulator, with nothing installed.
+    async fn setup() -> Case {
         // The operator's logs, shown with a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -63,10 +87,7 @@ impl Case {
         let sim = NodeSimulator::start_in_namespace(client.clone(), &ns)
             .await
             .expect("node simulator");
-        apply_fixture(&client, &ns, fixture)
-            .await
-            .expect("fixture applies");
-        let case = Case {
+        Case {
             cp,
             client,
             operator_client,
@@ -74,9 +95,7 @@ impl Case {
             sim,
             operator: None,
             metrics: Arc::new(Metrics::default()),
-        };
-        case.wait_rollout(PROXY).await;
-        case
+        }
     }
 
     /// What the operator's reconciler runs with in this case.

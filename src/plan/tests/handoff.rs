@@ -4,19 +4,28 @@
 
 use super::*;
 
-/// The Deployment in `tests/fixtures/<file>`, for namespace `kong`.
-fn chart_deployment(file: &str) -> Deployment {
+/// The `kind` object named `name` in `tests/fixtures/<file>`, for namespace
+/// `kong`, with the annotations `helm install` adds to what it renders.
+fn chart_object<T: serde::de::DeserializeOwned>(file: &str, kind: &str, name: &str) -> T {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(file);
     let text = std::fs::read_to_string(&path)
         .expect("fixture readable")
         .replace("${NAMESPACE}", NS);
-    serde_yaml::Deserializer::from_str(&text)
+    let mut doc = serde_yaml::Deserializer::from_str(&text)
         .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
-        .find(|v| v.get("kind").and_then(|k| k.as_str()) == Some("Deployment"))
-        .and_then(|v| serde_yaml::from_value(v).ok())
-        .expect("a Deployment in the fixture")
+        .filter_map(|v| serde_json::to_value(v).ok())
+        .find(|v| v["kind"] == kind && v["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} in {file}"));
+    let release = doc["metadata"]["labels"]["app.kubernetes.io/instance"].clone();
+    doc["metadata"]["annotations"]["meta.helm.sh/release-name"] = release;
+    doc["metadata"]["annotations"]["meta.helm.sh/release-namespace"] = NS.into();
+    serde_json::from_value(doc).expect("the object parses")
+}
+
+fn chart_deployment(file: &str) -> Deployment {
+    chart_object(file, "Deployment", "kong-kong")
 }
 
 use serde::Deserialize as _;
@@ -88,4 +97,42 @@ fn rollback_restores_the_charts_sidecar_rendering_exactly() {
             "chart {version}: rollback differs from the sidecar rendering"
         );
     }
+}
+
+#[test]
+fn the_admin_service_is_the_gateway_releases_and_helm_adopts_it() {
+    for version in ["2.52.0", "2.30.0"] {
+        let source = chart_deployment(&format!("chart-{version}-sidecar.yaml"));
+        let want: Service = chart_object(
+            &format!("chart-{version}-gateway-release.yaml"),
+            "Service",
+            "kong-kong-admin",
+        );
+        let m = in_phase(json!({}), Phase::DeletingLegacyPods, &source);
+        let got = admin_service(&m, &source, false);
+        assert_eq!(got.spec, want.spec, "chart {version}: admin Service spec");
+        let mut chart_labels = want.metadata.labels.clone().unwrap_or_default();
+        // The one label beyond the chart's: how the operator's watches find
+        // an object whose managed-by is Helm's.
+        chart_labels.insert(crate::api::HANDOFF_LABEL.into(), "true".into());
+        assert_eq!(
+            got.metadata.labels.clone().unwrap_or_default(),
+            chart_labels,
+            "chart {version}: admin Service labels"
+        );
+        assert_eq!(helm_can_adopt(&got.metadata, "kong", NS), Ok(()));
+        assert!(is_ours(&got.metadata, &m), "still provably the migration's");
+    }
+}
+
+#[test]
+fn without_helm_the_admin_service_is_the_operators() {
+    let d = sidecar_deployment("kic:3.4");
+    let mut plain = d.clone();
+    plain.metadata.labels = None;
+    plain.metadata.annotations = None;
+    let m = in_phase(json!({}), Phase::DisablingSidecar, &plain);
+    let svc = admin_service(&m, &plain, true);
+    assert!(helm_can_adopt(&svc.metadata, "kong", NS).is_err());
+    assert!(is_ours(&svc.metadata, &m));
 }

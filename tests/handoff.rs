@@ -1,0 +1,97 @@
+//! The hand-off: after Succeeded, the installation is the one the kong chart
+//! renders for Kong's Gateway Discovery setup, so Helm takes it over with
+//! nothing to repair. The source is installed as `helm install` would, the
+//! gateway release's rendering is then applied as Helm 4 does (server-side,
+//! field manager `helm`), and nothing may roll.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use serde_json::json;
+use sidecar_migrator::api::Phase;
+use sidecar_migrator::plan::helm_can_adopt;
+use sidecar_migrator::testenv::apply_fixture_as_helm;
+use support::*;
+
+async fn replica_sets(case: &Case) -> BTreeSet<String> {
+    Api::<ReplicaSet>::namespaced(case.client.clone(), &case.ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=kong"))
+        .await
+        .expect("replica sets")
+        .items
+        .iter()
+        .map(|rs| rs.name_any())
+        .collect()
+}
+
+async fn gateway_release_takes_over_without_a_roll(version: &str) {
+    let case = Case::installed_by_helm(&format!("chart-{version}-sidecar.yaml")).await;
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    let before = replica_sets(&case).await;
+
+    // `helm upgrade kong` with the gateway release's values: Helm's
+    // ownership check first, then the apply.
+    let admin = Api::<Service>::namespaced(case.client.clone(), &case.ns)
+        .get("kong-kong-admin")
+        .await
+        .expect("admin Service");
+    assert_eq!(
+        helm_can_adopt(&admin.metadata, "kong", &case.ns),
+        Ok(()),
+        "chart {version}: helm upgrade adopts the admin Service"
+    );
+    apply_fixture_as_helm(
+        &case.client,
+        &case.ns,
+        &format!("chart-{version}-gateway-release.yaml"),
+        "kong",
+    )
+    .await
+    .expect("the gateway release applies");
+    case.wait_rollout(PROXY).await;
+    assert_eq!(
+        replica_sets(&case).await,
+        before,
+        "chart {version}: the gateway release's apply rolled the gateway pods"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_2_52_gateway_release_takes_over_without_a_roll() {
+    gateway_release_takes_over_without_a_roll("2.52.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_2_30_gateway_release_takes_over_without_a_roll() {
+    gateway_release_takes_over_without_a_roll("2.30.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restores_the_charts_sidecar_template_exactly() {
+    let case = Case::installed_by_helm("chart-2.52.0-sidecar.yaml").await;
+    let template = |d: k8s_openapi::api::apps::v1::Deployment| {
+        serde_json::to_value(d.spec.map(|s| s.template)).expect("json")
+    };
+    let before = template(case.deployments().get(PROXY).await.expect("proxy"));
+    case.start(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await;
+    case.wait_phase("kong", Phase::AwaitingApproval).await;
+    case.set("kong", json!({ "rollback": true })).await;
+    case.wait_phase("kong", Phase::RolledBack).await;
+    let after = template(case.wait_rollout(PROXY).await);
+    assert_eq!(
+        after, before,
+        "volumes and init container env are back as the chart rendered them"
+    );
+    assert_eq!(case.downtime_ms(), 0);
+}
