@@ -64,6 +64,8 @@ const DNS_1035_LABEL: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
         .message("proxyDeployment cannot change once set: create a new SidecarMigration"),
     validation = Rule::new("(has(self.controller) && has(self.controller.name) ? self.controller.name : '') == (has(oldSelf.controller) && has(oldSelf.controller.name) ? oldSelf.controller.name : '')")
         .message("controller.name cannot change once set: create a new SidecarMigration"),
+    validation = Rule::new("(has(self.controller) && has(self.controller.release) ? self.controller.release : '') == (has(oldSelf.controller) && has(oldSelf.controller.release) ? oldSelf.controller.release : '')")
+        .message("controller.release cannot change once set: create a new SidecarMigration"),
     validation = Rule::new("(has(self.adminService) && has(self.adminService.name) ? self.adminService.name : '') == (has(oldSelf.adminService) && has(oldSelf.adminService.name) ? oldSelf.adminService.name : '')")
         .message("adminService.name cannot change once set: create a new SidecarMigration"),
 )]
@@ -134,6 +136,16 @@ pub struct ControllerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
     pub name: Option<String>,
+    /// The Helm release that will own the controller after the hand-off
+    /// (Kong's controller release, e.g. `kong-controller`). Where the proxy
+    /// Deployment is a Helm release's, the controller is then named and
+    /// shaped as the kong chart renders that release (Deployment
+    /// `<release>-kong`, the chart's selector and labels, Helm's ownership
+    /// metadata), so `helm install` of the release adopts it instead of
+    /// running a second controller beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 53), regex(pattern = DNS_LABEL))]
+    pub release: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: Option<i32>,
@@ -186,11 +198,20 @@ impl SidecarMigrationSpec {
             .and_then(|s| s.name.clone())
             .unwrap_or_else(|| format!("{}-admin", self.proxy_deployment))
     }
+    /// `controller.name`; else, with `controller.release`, the name the kong
+    /// chart gives that release's Deployment (`<release>-kong`, its
+    /// fullname without a nameOverride); else `<proxyDeployment>-controller`.
     pub fn controller_name(&self) -> String {
-        self.controller
-            .as_ref()
-            .and_then(|c| c.name.clone())
+        let c = self.controller.as_ref();
+        c.and_then(|c| c.name.clone())
+            .or_else(|| {
+                c.and_then(|c| c.release.as_ref())
+                    .map(|r| format!("{r}-kong"))
+            })
             .unwrap_or_else(|| format!("{}-controller", self.proxy_deployment))
+    }
+    pub fn controller_release(&self) -> Option<&str> {
+        self.controller.as_ref().and_then(|c| c.release.as_deref())
     }
     pub fn step_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(u64::from(

@@ -31,10 +31,14 @@ async fn replica_sets(case: &Case) -> BTreeSet<String> {
 
 async fn gateway_release_takes_over_without_a_roll(version: &str) {
     let case = Case::installed_by_helm(&format!("chart-{version}-sidecar.yaml")).await;
-    case.start("kong", json!({ "proxyDeployment": PROXY }))
-        .await;
+    case.start(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "controller": { "release": "kong-controller" } }),
+    )
+    .await;
     case.wait_phase("kong", Phase::Succeeded).await;
     let before = replica_sets(&case).await;
+    let controller_before = controller_replica_sets(&case).await;
 
     // `helm upgrade kong` with the gateway release's values: Helm's
     // ownership check first, then the apply.
@@ -61,6 +65,70 @@ async fn gateway_release_takes_over_without_a_roll(version: &str) {
         before,
         "chart {version}: the gateway release's apply rolled the gateway pods"
     );
+
+    // `helm install kong-controller` with the controller release's values.
+    let controller = case
+        .deployments()
+        .get(CHART_CONTROLLER)
+        .await
+        .expect("the operator named the controller as the chart does");
+    assert_eq!(
+        helm_can_adopt(&controller.metadata, "kong-controller", &case.ns),
+        Ok(()),
+        "chart {version}: helm install adopts the controller Deployment"
+    );
+    apply_fixture_as_helm(
+        &case.client,
+        &case.ns,
+        &format!("chart-{version}-controller-release.yaml"),
+        "kong-controller",
+    )
+    .await
+    .expect("the controller release applies (its selector is the operator's)");
+    let controller = case.wait_rollout(CHART_CONTROLLER).await;
+    let new_controller_sets = controller_replica_sets(&case)
+        .await
+        .difference(&controller_before)
+        .count();
+    assert!(
+        new_controller_sets <= 1,
+        "chart {version}: the controller rolled {new_controller_sets} times"
+    );
+    let deployments = case
+        .deployments()
+        .list(&ListParams::default())
+        .await
+        .expect("deployments");
+    assert_eq!(
+        deployments.items.len(),
+        2,
+        "chart {version}: one gateway and one controller Deployment, not two controllers: {:?}",
+        deployments.iter().map(|d| d.name_any()).collect::<Vec<_>>()
+    );
+    let publish = env(&controller, SIDECAR, "CONTROLLER_PUBLISH_SERVICE").expect("publish env");
+    let (_, publish) = publish.split_once('/').expect("namespace/name");
+    Api::<Service>::namespaced(case.client.clone(), &case.ns)
+        .get(publish)
+        .await
+        .expect("the publish Service exists");
+    assert_eq!(
+        replica_sets(&case).await,
+        before,
+        "chart {version}: still no gateway roll"
+    );
+}
+
+const CHART_CONTROLLER: &str = "kong-controller-kong";
+
+async fn controller_replica_sets(case: &Case) -> BTreeSet<String> {
+    Api::<ReplicaSet>::namespaced(case.client.clone(), &case.ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=kong-controller"))
+        .await
+        .expect("replica sets")
+        .items
+        .iter()
+        .map(|rs| rs.name_any())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,3 +136,53 @@ fn without_helm_the_admin_service_is_the_operators() {
     assert!(helm_can_adopt(&svc.metadata, "kong", NS).is_err());
     assert!(is_ours(&svc.metadata, &m));
 }
+
+#[test]
+fn the_controller_is_named_and_selected_as_the_controller_release_renders_it() {
+    for version in ["2.52.0", "2.30.0"] {
+        let source = chart_deployment(&format!("chart-{version}-sidecar.yaml"));
+        let want: Deployment = chart_object(
+            &format!("chart-{version}-controller-release.yaml"),
+            "Deployment",
+            "kong-controller-kong",
+        );
+        let m = in_phase(
+            json!({ "controller": { "release": "kong-controller" } }),
+            Phase::DeployingController,
+            &source,
+        );
+        let original = m
+            .status
+            .as_ref()
+            .and_then(|s| s.original.clone())
+            .expect("recorded");
+        let migrated = migrate_template(&source, &m.spec);
+        let got = controller_objects(&m, &migrated, &original)
+            .expect("rendered")
+            .deployment;
+        assert_eq!(got.metadata.name, want.metadata.name, "chart {version}");
+        let (got_spec, want_spec) = (got.spec.expect("spec"), want.spec.expect("spec"));
+        // Immutable: Helm could not adopt a Deployment with another selector.
+        assert_eq!(got_spec.selector, want_spec.selector, "chart {version}");
+        assert_eq!(
+            got_spec.template.metadata.and_then(|m| m.labels),
+            want_spec.template.metadata.and_then(|m| m.labels),
+            "chart {version}: pod labels"
+        );
+        let labels = got.metadata.labels.clone().unwrap_or_default();
+        for (k, v) in want.metadata.labels.iter().flatten() {
+            assert_eq!(labels.get(k), Some(v), "chart {version}: label {k}");
+        }
+        assert_eq!(helm_can_adopt(&got.metadata, "kong-controller", NS), Ok(()));
+        assert!(is_ours(&got.metadata, &m));
+        // The webhook certificate the sidecar mounted is still mounted, though
+        // the gateway's template no longer carries the volume.
+        let pod = got_spec.template.spec.expect("pod");
+        assert!(
+            pod.volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == "webhook-cert")
+        );
+    }
+}
