@@ -400,6 +400,22 @@ async fn observe(
     let admin_service = Api::<Service>::namespaced(client.clone(), ns)
         .get_opt(&admin)
         .await?;
+    // Read only while validating: the warning it feeds is written then.
+    let validating = matches!(
+        scm.status.as_ref().map(|s| s.phase),
+        None | Some(Phase::Pending | Phase::Validating | Phase::Failed)
+    );
+    let sidecar_only_services = match &proxy {
+        Some(proxy) if validating => plan::sidecar_only_services(
+            spec,
+            proxy,
+            &Api::<Service>::namespaced(client.clone(), ns)
+                .list(&ListParams::default())
+                .await?
+                .items,
+        ),
+        _ => Vec::new(),
+    };
     let admin_slices = Api::<EndpointSlice>::namespaced(client.clone(), ns)
         .list(
             &ListParams::default().labels_from(&Selector::from(Expression::Equal(
@@ -434,6 +450,7 @@ async fn observe(
             .collect(),
         admin_service,
         admin_slices,
+        sidecar_only_services,
         controller,
         controller_role: controller_role.filter(|r| plan::is_ours(&r.metadata, scm)),
         others,

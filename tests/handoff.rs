@@ -36,7 +36,14 @@ async fn gateway_release_takes_over_without_a_roll(version: &str) {
         json!({ "proxyDeployment": PROXY, "controller": { "release": "kong-controller" } }),
     )
     .await;
-    case.wait_phase("kong", Phase::Succeeded).await;
+    let m = case.wait_phase("kong", Phase::Succeeded).await;
+    let warnings = m.status.map(|s| s.warnings).unwrap_or_default();
+    assert!(
+        warnings.iter().any(|w| w.starts_with(
+            "Service kong-kong-validation-webhook selects the gateway pods on port webhook"
+        )),
+        "chart {version}: status names the webhook the sidecar alone served: {warnings:?}"
+    );
     let before = replica_sets(&case).await;
     let controller_before = controller_replica_sets(&case).await;
 

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::api::*;
@@ -217,4 +218,54 @@ pub fn helm_can_adopt(meta: &ObjectMeta, release: &str, namespace: &str) -> Resu
     } else {
         Err(format!("invalid ownership metadata; {}", errors.join("; ")))
     }
+}
+
+/// Services that select the proxy's pods only for a port the sidecar alone
+/// declares (the chart's admission webhook on `webhook`, the controller's
+/// metrics on `cmetrics`), as `(service, port name)`: once the last sidecar
+/// pod is gone they have no endpoint.
+pub fn sidecar_only_services(
+    spec: &SidecarMigrationSpec,
+    proxy: &Deployment,
+    services: &[Service],
+) -> Vec<(String, String)> {
+    let Some(tmpl) = proxy.spec.as_ref().map(|s| &s.template) else {
+        return Vec::new();
+    };
+    let pod_labels = tmpl
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let containers = tmpl
+        .spec
+        .as_ref()
+        .map(|p| p.containers.as_slice())
+        .unwrap_or_default();
+    let port_names = |sidecar: bool| -> Vec<&str> {
+        containers
+            .iter()
+            .filter(|c| (c.name == spec.controller_container()) == sidecar)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| p.name.as_deref())
+            .collect()
+    };
+    let (sidecar_ports, other_ports) = (port_names(true), port_names(false));
+    let mut found = Vec::new();
+    for svc in services {
+        let Some(s) = &svc.spec else { continue };
+        let selector = s.selector.clone().unwrap_or_default();
+        if selector.is_empty() || !selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)) {
+            continue;
+        }
+        for port in s.ports.iter().flatten() {
+            if let Some(IntOrString::String(name)) = &port.target_port
+                && sidecar_ports.contains(&name.as_str())
+                && !other_ports.contains(&name.as_str())
+            {
+                found.push((svc.name_any(), name.clone()));
+            }
+        }
+    }
+    found
 }

@@ -27,7 +27,7 @@ use crate::api::*;
 use facts::legacy_pod_names;
 pub use facts::{
     deployment_available, gitops_owner, has_container, helm_can_adopt, helm_release, is_ours,
-    listed_pods, pod_ready, rollout_complete, selector_labels,
+    listed_pods, pod_ready, rollout_complete, selector_labels, sidecar_only_services,
 };
 pub use render::{
     Rollout, admin_service, controller_objects, migrate_template, restore_template, with_rollout,
@@ -49,6 +49,9 @@ pub struct Observed {
     /// Whatever Deployment carries the controller name, ours or not.
     pub controller: Option<Deployment>,
     pub controller_role: Option<Role>,
+    /// Services of the namespace that select the proxy's pods only for a
+    /// port the sidecar alone declares (see `sidecar_only_services`).
+    pub sidecar_only_services: Vec<(String, String)>,
     /// The other SidecarMigrations in the namespace.
     pub others: Vec<SidecarMigration>,
     /// Whether this migration may start changing things now.

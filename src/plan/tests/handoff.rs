@@ -186,3 +186,43 @@ fn the_controller_is_named_and_selected_as_the_controller_release_renders_it() {
         );
     }
 }
+
+#[test]
+fn services_only_the_sidecar_serves_are_named_before_anything_changes() {
+    let source = chart_deployment("chart-2.52.0-sidecar.yaml");
+    let file = "chart-2.52.0-sidecar.yaml";
+    let services: Vec<Service> = [
+        "kong-kong-validation-webhook",
+        "kong-kong-metrics",
+        "kong-kong-proxy",
+        "kong-kong-manager",
+    ]
+    .iter()
+    .map(|name| chart_object(file, "Service", name))
+    .collect();
+    let m = scm(json!({}));
+    let found = sidecar_only_services(&m.spec, &source, &services);
+    let pair = |s: &str, p: &str| (s.to_string(), p.to_string());
+    assert_eq!(
+        found,
+        [
+            pair("kong-kong-validation-webhook", "webhook"),
+            pair("kong-kong-metrics", "cmetrics"),
+            pair("kong-kong-metrics", "cstatus"),
+        ]
+    );
+    let obs = Observed {
+        proxy: Some(source),
+        sidecar_only_services: found,
+        ..Default::default()
+    };
+    let p = plan(&m, &obs, now());
+    assert!(
+        p.status
+            .warnings
+            .iter()
+            .any(|w| w.contains("Service kong-kong-validation-webhook") && w.contains("webhook")),
+        "{:?}",
+        p.status.warnings
+    );
+}
