@@ -347,6 +347,31 @@ pub struct AdoptedService {
     pub ports: Value,
 }
 
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Handoff {
+    /// In order: the controller release first (it brings the controller's own
+    /// ServiceAccount and RBAC), then the gateway release's upgrade (which
+    /// removes the bindings the sidecar's ServiceAccount had).
+    pub releases: Vec<HandoffRelease>,
+    /// What the values cannot say: steps or settings to check by hand.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoffRelease {
+    pub name: String,
+    pub namespace: String,
+    /// The kong chart's version the source was rendered from, if labelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart_version: Option<String>,
+    /// The release's values, as a YAML document to commit or pass with `-f`.
+    pub values: String,
+    pub command: String,
+}
+
 /// One change a step makes, listed in status.plan (also in dry run).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -362,6 +387,12 @@ pub struct PlannedChange {
 pub struct SidecarMigrationStatus {
     #[serde(default)]
     pub phase: Phase,
+    /// How Helm takes the migrated installation over: each release's values
+    /// and command, in the order to run them (filled at Succeeded when the
+    /// proxy Deployment is a Helm release's). `sidecar-migrator handoff
+    /// <namespace>/<name>` writes the values files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
     /// `current/total` steps, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,

@@ -37,7 +37,38 @@ async fn gateway_release_takes_over_without_a_roll(version: &str) {
     )
     .await;
     let m = case.wait_phase("kong", Phase::Succeeded).await;
-    let warnings = m.status.map(|s| s.warnings).unwrap_or_default();
+    let status = m.status.unwrap_or_default();
+    let handoff = status.handoff.expect("status.handoff at Succeeded");
+    let order: Vec<&str> = handoff.releases.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(order, ["kong-controller", "kong"], "chart {version}");
+    let warnings = status.warnings;
+    // `sidecar-migrator handoff <ns>/<name>` writes what status.handoff says.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidecar-migrator"))
+        .args(["handoff", &format!("{}/kong", case.ns), "--dir"])
+        .arg(dir.path())
+        .env("KUBECONFIG", case.cp.kubeconfig_path())
+        .output()
+        .await
+        .expect("the handoff subcommand runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let commands = String::from_utf8_lossy(&out.stdout).into_owned();
+    let want: Vec<&str> = handoff
+        .releases
+        .iter()
+        .map(|r| r.command.as_str())
+        .collect();
+    assert_eq!(commands.lines().collect::<Vec<_>>(), want);
+    for release in &handoff.releases {
+        let written =
+            std::fs::read_to_string(dir.path().join(format!("{}-values.yaml", release.name)))
+                .expect("values file written");
+        assert_eq!(written, release.values);
+    }
     assert!(
         warnings.iter().any(|w| w.starts_with(
             "Service kong-kong-validation-webhook selects the gateway pods on port webhook"

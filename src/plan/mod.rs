@@ -6,6 +6,7 @@
 mod deadline;
 mod drift;
 mod facts;
+mod handoff;
 mod render;
 mod rollback;
 mod status;
@@ -29,6 +30,7 @@ pub use facts::{
     deployment_available, gitops_owner, has_container, helm_can_adopt, helm_release, is_ours,
     listed_pods, pod_ready, rollout_complete, selector_labels, sidecar_only_services,
 };
+pub use handoff::handoff;
 pub use render::{
     Rollout, admin_service, controller_objects, migrate_template, restore_template, with_rollout,
 };
@@ -363,6 +365,9 @@ impl<'a> Planner<'a> {
             self.spec.admin_service_name()
         );
         self.status.message = Some(message.clone());
+        if let (Some(proxy), Some(original)) = (&self.obs.proxy, &self.status.original) {
+            self.status.handoff = handoff(self.scm, proxy, original);
+        }
         self.transition(Phase::Succeeded, false, "MigrationSucceeded", message);
         self.health_for_phase()
     }

@@ -226,3 +226,60 @@ fn services_only_the_sidecar_serves_are_named_before_anything_changes() {
         p.status.warnings
     );
 }
+
+#[test]
+fn status_handoff_holds_the_values_the_target_fixtures_were_rendered_from() {
+    let source = chart_deployment("chart-2.52.0-sidecar.yaml");
+    let m = in_phase(
+        json!({ "controller": { "release": "kong-controller" } }),
+        Phase::DeletingLegacyPods,
+        &source,
+    );
+    let original = m
+        .status
+        .as_ref()
+        .and_then(|s| s.original.clone())
+        .expect("recorded");
+    let h = handoff(&m, &source, &original).expect("a Helm release");
+    assert!(h.notes.is_empty(), "{:?}", h.notes);
+    let names: Vec<&str> = h.releases.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["kong-controller", "kong"],
+        "controller release first"
+    );
+    let values = |i: usize| -> Value { serde_yaml::from_str(&h.releases[i].values).expect("yaml") };
+    // The --set flags in the headers of chart-2.52.0-*-release.yaml, plus
+    // the sidecar's image so adoption keeps the KIC version.
+    assert_eq!(
+        values(0),
+        json!({
+            "deployment": { "kong": { "enabled": false } },
+            "ingressController": {
+                "enabled": true,
+                "gatewayDiscovery": { "enabled": true, "adminApiService": { "name": "kong-kong-admin" } },
+                "image": { "repository": "kong/kubernetes-ingress-controller", "tag": "3.5" },
+            },
+            "proxy": { "nameOverride": "kong-kong-proxy" },
+        })
+    );
+    assert_eq!(
+        values(1),
+        json!({
+            "ingressController": { "enabled": false },
+            "admin": { "enabled": true, "type": "ClusterIP", "clusterIP": "None" },
+        })
+    );
+    assert_eq!(
+        h.releases[0].command,
+        "helm install kong-controller kong/kong -n kong --version 2.52.0 -f kong-controller-values.yaml"
+    );
+    assert_eq!(
+        h.releases[1].command,
+        "helm upgrade kong kong/kong -n kong --version 2.52.0 --reuse-values -f kong-values.yaml"
+    );
+    // Without a controller release, the duplicate controller is called out.
+    let m = in_phase(json!({}), Phase::DeletingLegacyPods, &source);
+    let h = handoff(&m, &source, &original).expect("a Helm release");
+    assert!(h.notes.iter().any(|n| n.contains("second controller")));
+}
