@@ -154,6 +154,18 @@ async fn gateway_release_takes_over_without_a_roll(version: &str) {
         before,
         "chart {version}: still no gateway roll"
     );
+    // The fixtures' ValidatingWebhookConfigurations match no namespace: the
+    // API server never called them (it would have dialled out of loopback).
+    let metrics = kube::core::Request::new("")
+        .get("metrics", &Default::default())
+        .expect("request");
+    let metrics = case.client.request_text(metrics).await.expect("/metrics");
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("apiserver_admission_webhook") && l.contains("konghq.com")),
+        "kube-apiserver called a fixture's webhook"
+    );
 }
 
 const CHART_CONTROLLER: &str = "kong-controller-kong";
