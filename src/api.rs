@@ -15,6 +15,14 @@ pub const FINALIZER: &str = "sidecar-migrator.dev/rollback";
 /// Marks objects the operator created, so it never claims one it did not make.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "sidecar-migrator";
+/// Helm's ownership metadata: an object carrying it for a release is one
+/// `helm upgrade` of that release adopts instead of refusing.
+pub const HELM_MANAGED_BY: &str = "Helm";
+pub const HELM_RELEASE_NAME: &str = "meta.helm.sh/release-name";
+pub const HELM_RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
+/// On every object the operator renders for a Helm release (whose
+/// `managed-by` is then Helm's): the operator's watches find them by it.
+pub const HANDOFF_LABEL: &str = "sidecar-migrator.dev/handed-over";
 /// Names the SidecarMigration that owns an object (no ownerReference: a
 /// Succeeded migration's objects must outlive the CR).
 pub const MIGRATION_ANNOTATION: &str = "sidecar-migrator.dev/migration";
@@ -56,6 +64,8 @@ const DNS_1035_LABEL: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
         .message("proxyDeployment cannot change once set: create a new SidecarMigration"),
     validation = Rule::new("(has(self.controller) && has(self.controller.name) ? self.controller.name : '') == (has(oldSelf.controller) && has(oldSelf.controller.name) ? oldSelf.controller.name : '')")
         .message("controller.name cannot change once set: create a new SidecarMigration"),
+    validation = Rule::new("(has(self.controller) && has(self.controller.release) ? self.controller.release : '') == (has(oldSelf.controller) && has(oldSelf.controller.release) ? oldSelf.controller.release : '')")
+        .message("controller.release cannot change once set: create a new SidecarMigration"),
     validation = Rule::new("(has(self.adminService) && has(self.adminService.name) ? self.adminService.name : '') == (has(oldSelf.adminService) && has(oldSelf.adminService.name) ? oldSelf.adminService.name : '')")
         .message("adminService.name cannot change once set: create a new SidecarMigration"),
 )]
@@ -126,6 +136,16 @@ pub struct ControllerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
     pub name: Option<String>,
+    /// The Helm release that will own the controller after the hand-off
+    /// (Kong's controller release, e.g. `kong-controller`). Where the proxy
+    /// Deployment is a Helm release's, the controller is then named and
+    /// shaped as the kong chart renders that release (Deployment
+    /// `<release>-kong`, the chart's selector and labels, Helm's ownership
+    /// metadata), so `helm install` of the release adopts it instead of
+    /// running a second controller beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 53), regex(pattern = DNS_LABEL))]
+    pub release: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: Option<i32>,
@@ -178,11 +198,20 @@ impl SidecarMigrationSpec {
             .and_then(|s| s.name.clone())
             .unwrap_or_else(|| format!("{}-admin", self.proxy_deployment))
     }
+    /// `controller.name`; else, with `controller.release`, the name the kong
+    /// chart gives that release's Deployment (`<release>-kong`, its
+    /// fullname without a nameOverride); else `<proxyDeployment>-controller`.
     pub fn controller_name(&self) -> String {
-        self.controller
-            .as_ref()
-            .and_then(|c| c.name.clone())
+        let c = self.controller.as_ref();
+        c.and_then(|c| c.name.clone())
+            .or_else(|| {
+                c.and_then(|c| c.release.as_ref())
+                    .map(|r| format!("{r}-kong"))
+            })
             .unwrap_or_else(|| format!("{}-controller", self.proxy_deployment))
+    }
+    pub fn controller_release(&self) -> Option<&str> {
+        self.controller.as_ref().and_then(|c| c.release.as_deref())
     }
     pub fn step_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(u64::from(
@@ -301,6 +330,17 @@ pub struct Original {
     pub min_ready_seconds: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline_seconds: Option<i32>,
+    /// The pod's volumes as they were (core/v1 Volume list): the controller
+    /// Deployment mounts the sidecar's, and rollback puts back, in their
+    /// place, those the migration drops from the gateway's template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_list")]
+    pub volumes: Option<Value>,
+    /// The env of each init container the migration rewrites (the chart
+    /// renders the proxy's KONG_* env into `clear-stale-pid` too), by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(schema_with = "preserve_unknown")]
+    pub init_container_env: std::collections::BTreeMap<String, Value>,
     /// Set when an existing admin Service was adopted: its selector and ports
     /// as they were (rollback restores them instead of deleting the Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -314,6 +354,31 @@ pub struct AdoptedService {
     pub selector: std::collections::BTreeMap<String, String>,
     #[schemars(schema_with = "preserve_unknown_list")]
     pub ports: Value,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Handoff {
+    /// In order: the controller release first (it brings the controller's own
+    /// ServiceAccount and RBAC), then the gateway release's upgrade (which
+    /// removes the bindings the sidecar's ServiceAccount had).
+    pub releases: Vec<HandoffRelease>,
+    /// What the values cannot say: steps or settings to check by hand.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoffRelease {
+    pub name: String,
+    pub namespace: String,
+    /// The kong chart's version the source was rendered from, if labelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart_version: Option<String>,
+    /// The release's values, as a YAML document to commit or pass with `-f`.
+    pub values: String,
+    pub command: String,
 }
 
 /// One change a step makes, listed in status.plan (also in dry run).
@@ -331,6 +396,12 @@ pub struct PlannedChange {
 pub struct SidecarMigrationStatus {
     #[serde(default)]
     pub phase: Phase,
+    /// How Helm takes the migrated installation over: each release's values
+    /// and command, in the order to run them (filled at Succeeded when the
+    /// proxy Deployment is a Helm release's). `sidecar-migrator handoff
+    /// <namespace>/<name>` writes the values files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
     /// `current/total` steps, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,

@@ -25,6 +25,15 @@ pub const DEFAULT_ELECTION_ID: &str = "kong-ingress-controller-leader-kong";
 /// a controller sharing it would push nothing until then.
 pub const DISCOVERY_ELECTION_SUFFIX: &str = "-discovery";
 
+/// Volumes the kong chart renders into the gateway pod only while the
+/// controller runs in it (`ingressController.enabled`): the admission
+/// webhook's certificate and the Admin API client certificate. The chart's
+/// gateway-only rendering lacks them, so the migrated template must too, or
+/// the first sync of the gateway release rolls every gateway pod again.
+pub const CHART_SIDECAR_ONLY_VOLUMES: [&str; 2] = ["webhook-cert", "admin-api-cert"];
+/// The chart's plain-HTTP Admin API port, rendered before `admin-tls`.
+pub const ADMIN_HTTP_CONTAINER_PORT_NAME: &str = "admin";
+
 /// KIC finds the admin Service's EndpointSlices by this label.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 

@@ -20,6 +20,9 @@ enum Command {
     Run(RunArgs),
     /// Print the SidecarMigration CustomResourceDefinition as YAML.
     Crd,
+    /// Write the values files of a Succeeded migration's Helm releases
+    /// (status.handoff) and print the commands, in order.
+    Handoff(HandoffArgs),
     /// Migrate the Kong chart's sidecar install end to end and show it live,
     /// on a local control plane with simulated nodes unless --kubeconfig.
     #[cfg(feature = "testenv")]
@@ -50,6 +53,43 @@ struct RunArgs {
     http_addr: std::net::SocketAddr,
 }
 
+#[derive(clap::Args)]
+struct HandoffArgs {
+    /// The SidecarMigration, as `namespace/name`.
+    migration: String,
+    /// Where to write `<release>-values.yaml`.
+    #[arg(long, default_value = ".")]
+    dir: std::path::PathBuf,
+}
+
+async fn handoff(args: HandoffArgs) -> anyhow::Result<()> {
+    let (ns, name) = args
+        .migration
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("takes namespace/name, got {:?}", args.migration))?;
+    let client = kube::Client::try_default().await?;
+    let scm = kube::Api::<api::SidecarMigration>::namespaced(client, ns)
+        .get(name)
+        .await?;
+    let Some(handoff) = scm.status.and_then(|s| s.handoff) else {
+        anyhow::bail!(
+            "{ns}/{name} has no status.handoff: it is filled once the migration of a Helm release has Succeeded"
+        );
+    };
+    for release in &handoff.releases {
+        let path = args.dir.join(format!("{}-values.yaml", release.name));
+        std::fs::write(&path, &release.values)?;
+        eprintln!("wrote {}", path.display());
+    }
+    for note in &handoff.notes {
+        eprintln!("note: {note}");
+    }
+    for release in &handoff.releases {
+        println!("{}", release.command);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -65,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(cli.log_json, default_filter);
     match cli.command {
         Command::Crd => print!("{}", api::crd_yaml()?),
+        Command::Handoff(args) => handoff(args).await?,
         #[cfg(feature = "testenv")]
         Command::Demo(args) => sidecar_migrator::demo::run(args).await?,
         #[cfg(feature = "testenv")]

@@ -217,6 +217,10 @@ pub async fn run(
         MANAGED_BY_LABEL.into(),
         MANAGED_BY.into(),
     )));
+    // Objects rendered for a Helm release carry Helm's managed-by, and so do
+    // their EndpointSlices: a second watch finds them by the hand-over label.
+    let handed_over = watcher::Config::default()
+        .labels_from(&Selector::from(Expression::Exists(HANDOFF_LABEL.into())));
     let controller = Controller::new(migrations, watcher::Config::default().any_semantic())
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
     let store = controller.store();
@@ -287,11 +291,21 @@ pub async fn run(
         .watches(
             scoped::<Meta<Service>>(&client, &namespace),
             ours.clone(),
+            by_service.clone(),
+        )
+        .watches(
+            scoped::<Meta<Service>>(&client, &namespace),
+            handed_over.clone(),
             by_service,
         )
         .watches(
             scoped::<Meta<EndpointSlice>>(&client, &namespace),
             ours,
+            by_slice.clone(),
+        )
+        .watches(
+            scoped::<Meta<EndpointSlice>>(&client, &namespace),
+            handed_over,
             by_slice,
         )
         .shutdown_on_signal()
@@ -450,6 +464,22 @@ async fn observe(
     let admin_service = Api::<Service>::namespaced(client.clone(), ns)
         .get_opt(&admin)
         .await?;
+    // Read only while validating: the warning it feeds is written then.
+    let validating = matches!(
+        scm.status.as_ref().map(|s| s.phase),
+        None | Some(Phase::Pending | Phase::Validating | Phase::Failed)
+    );
+    let sidecar_only_services = match &proxy {
+        Some(proxy) if validating => plan::sidecar_only_services(
+            spec,
+            proxy,
+            &Api::<Service>::namespaced(client.clone(), ns)
+                .list(&ListParams::default())
+                .await?
+                .items,
+        ),
+        _ => Vec::new(),
+    };
     let admin_slices = Api::<EndpointSlice>::namespaced(client.clone(), ns)
         .list(
             &ListParams::default().labels_from(&Selector::from(Expression::Equal(
@@ -484,6 +514,7 @@ async fn observe(
             .collect(),
         admin_service,
         admin_slices,
+        sidecar_only_services,
         controller,
         controller_role: controller_role.filter(|r| plan::is_ours(&r.metadata, scm)),
         others,

@@ -504,12 +504,11 @@ async fn a_deployment_edited_mid_migration_is_reported_not_overwritten() {
     )
     .await;
     let m = case.wait_phase("kong", Phase::AwaitingApproval).await;
-    // Helm (say) puts the sidecar back.
-    let sidecar: serde_json::Value = m
-        .status
-        .and_then(|s| s.original)
-        .map(|o| o.sidecar)
-        .expect("original sidecar");
+    // Helm (say) puts the sidecar back, with the volumes it mounts.
+    let original = m.status.and_then(|s| s.original).expect("original");
+    let sidecar = original.sidecar;
+    let volumes: Vec<k8s_openapi::api::core::v1::Volume> =
+        serde_json::from_value(original.volumes.expect("recorded volumes")).expect("volumes");
     let proxy = case.deployments().get(PROXY).await.expect("proxy");
     let mut edited = proxy.clone();
     let pod = edited
@@ -519,6 +518,7 @@ async fn a_deployment_edited_mid_migration_is_reported_not_overwritten() {
         .expect("pod");
     pod.containers
         .insert(0, serde_json::from_value(sidecar).expect("container"));
+    pod.volumes = Some(volumes);
     case.deployments()
         .replace(
             PROXY,

@@ -409,6 +409,8 @@ async fn every_fixture_installs_and_turns_ready() {
         ("sidecar-3-replicas-pdb.yaml", 3),
         ("sidecar-token-secret.yaml", 1),
         ("sidecar-db-postgres.yaml", 1),
+        ("chart-2.52.0-sidecar.yaml", 1),
+        ("chart-2.30.0-sidecar.yaml", 1),
     ];
     let installs = fixtures.map(|(fixture, replicas)| async move {
         let env = setup("fixture").await;

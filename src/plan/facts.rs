@@ -5,26 +5,31 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::api::*;
 
 use super::Observed;
 
+/// Whether this migration made the object. An object the operator renders
+/// for a Helm release carries Helm's `managed-by` so that Helm adopts it;
+/// the migration's annotation is the proof either way.
 pub fn is_ours(meta: &ObjectMeta, scm: &SidecarMigration) -> bool {
-    meta.labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY_LABEL))
-        .map(String::as_str)
-        == Some(MANAGED_BY)
-        && meta
-            .annotations
+    matches!(
+        meta.labels
             .as_ref()
-            .and_then(|a| a.get(MIGRATION_ANNOTATION))
-            == Some(&scm.name_any())
+            .and_then(|l| l.get(MANAGED_BY_LABEL))
+            .map(String::as_str),
+        Some(MANAGED_BY | HELM_MANAGED_BY)
+    ) && meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MIGRATION_ANNOTATION))
+        == Some(&scm.name_any())
 }
 
 pub(super) fn container_names(containers: &[Container]) -> String {
@@ -193,4 +198,108 @@ pub fn gitops_owner(meta: &ObjectMeta) -> Option<String> {
         return Some(format!("Helm{release}"));
     }
     None
+}
+
+/// The Helm release (name, namespace) that installed the object, when Helm's
+/// own ownership metadata says so.
+pub fn helm_release(meta: &ObjectMeta) -> Option<(String, String)> {
+    let managed_by = meta.labels.as_ref()?.get(MANAGED_BY_LABEL)?;
+    let annotations = meta.annotations.as_ref()?;
+    let name = annotations.get(HELM_RELEASE_NAME)?;
+    let namespace = annotations
+        .get(HELM_RELEASE_NAMESPACE)
+        .cloned()
+        .or_else(|| meta.namespace.clone())?;
+    (managed_by == HELM_MANAGED_BY).then(|| (name.clone(), namespace))
+}
+
+/// Helm's check before it adopts an existing object into release `release`
+/// of `namespace` (helm's `checkOwnership`): Err with Helm's own complaint.
+pub fn helm_can_adopt(meta: &ObjectMeta, release: &str, namespace: &str) -> Result<(), String> {
+    let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).cloned();
+    let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k)).cloned();
+    let mut errors = Vec::new();
+    for (what, key, got, want) in [
+        (
+            "label",
+            MANAGED_BY_LABEL,
+            label(MANAGED_BY_LABEL),
+            HELM_MANAGED_BY,
+        ),
+        (
+            "annotation",
+            HELM_RELEASE_NAME,
+            annotation(HELM_RELEASE_NAME),
+            release,
+        ),
+        (
+            "annotation",
+            HELM_RELEASE_NAMESPACE,
+            annotation(HELM_RELEASE_NAMESPACE),
+            namespace,
+        ),
+    ] {
+        match got {
+            None => errors.push(format!("missing key {key:?}: must be set to {want:?}")),
+            Some(v) if v != want => errors.push(format!(
+                "{what} validation error: key {key:?} must equal {want:?}: current value is {v:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("invalid ownership metadata; {}", errors.join("; ")))
+    }
+}
+
+/// Services that select the proxy's pods only for a port the sidecar alone
+/// declares (the chart's admission webhook on `webhook`, the controller's
+/// metrics on `cmetrics`), as `(service, port name)`: once the last sidecar
+/// pod is gone they have no endpoint.
+pub fn sidecar_only_services(
+    spec: &SidecarMigrationSpec,
+    proxy: &Deployment,
+    services: &[Service],
+) -> Vec<(String, String)> {
+    let Some(tmpl) = proxy.spec.as_ref().map(|s| &s.template) else {
+        return Vec::new();
+    };
+    let pod_labels = tmpl
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let containers = tmpl
+        .spec
+        .as_ref()
+        .map(|p| p.containers.as_slice())
+        .unwrap_or_default();
+    let port_names = |sidecar: bool| -> Vec<&str> {
+        containers
+            .iter()
+            .filter(|c| (c.name == spec.controller_container()) == sidecar)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| p.name.as_deref())
+            .collect()
+    };
+    let (sidecar_ports, other_ports) = (port_names(true), port_names(false));
+    let mut found = Vec::new();
+    for svc in services {
+        let Some(s) = &svc.spec else { continue };
+        let selector = s.selector.clone().unwrap_or_default();
+        if selector.is_empty() || !selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)) {
+            continue;
+        }
+        for port in s.ports.iter().flatten() {
+            if let Some(IntOrString::String(name)) = &port.target_port
+                && sidecar_ports.contains(&name.as_str())
+                && !other_ports.contains(&name.as_str())
+            {
+                found.push((svc.name_any(), name.clone()));
+            }
+        }
+    }
+    found
 }

@@ -6,6 +6,7 @@
 mod deadline;
 mod drift;
 mod facts;
+mod handoff;
 mod render;
 mod rollback;
 mod status;
@@ -26,9 +27,10 @@ use crate::api::*;
 
 use facts::legacy_pod_names;
 pub use facts::{
-    deployment_available, gitops_owner, has_container, is_ours, listed_pods, owned_by, pod_ready,
-    rollout_complete, selector_labels,
+    deployment_available, gitops_owner, has_container, helm_can_adopt, helm_release, is_ours,
+    listed_pods, owned_by, pod_ready, rollout_complete, selector_labels, sidecar_only_services,
 };
+pub use handoff::handoff;
 pub use render::{
     Rollout, admin_service, controller_objects, migrate_template, restore_template, with_rollout,
 };
@@ -50,6 +52,9 @@ pub struct Observed {
     /// Whatever Deployment carries the controller name, ours or not.
     pub controller: Option<Deployment>,
     pub controller_role: Option<Role>,
+    /// Services of the namespace that select the proxy's pods only for a
+    /// port the sidecar alone declares (see `sidecar_only_services`).
+    pub sidecar_only_services: Vec<(String, String)>,
     /// The other SidecarMigrations in the namespace.
     pub others: Vec<SidecarMigration>,
     /// Whether this migration may start changing things now.
@@ -379,6 +384,9 @@ impl<'a> Planner<'a> {
             self.spec.admin_service_name()
         );
         self.status.message = Some(message.clone());
+        if let (Some(proxy), Some(original)) = (&self.obs.proxy, &self.status.original) {
+            self.status.handoff = handoff(self.scm, proxy, original);
+        }
         self.transition(Phase::Succeeded, false, "MigrationSucceeded", message);
         self.health_for_phase()
     }

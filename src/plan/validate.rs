@@ -163,6 +163,12 @@ impl Planner<'_> {
                 kong::ADMIN_SERVICE_PORT_NAME
             ));
         }
+        for (svc, port) in &self.obs.sidecar_only_services {
+            warnings.push(format!(
+                "Service {svc} selects the gateway pods on port {port}, which only the {} container declares: once the last sidecar pod is gone it has no endpoint (the chart's admission webhook then stops validating with failurePolicy Ignore, or refuses matching writes with Fail) until the controller release serves its own",
+                spec.controller_container()
+            ));
+        }
         if self.status.warnings != warnings {
             for w in &warnings {
                 self.events.push(Event {

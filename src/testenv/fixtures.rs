@@ -15,8 +15,10 @@ const PLACEHOLDER: &str = "${NAMESPACE}";
 const FIELD_MANAGER: &str = "testenv";
 
 /// Reads `tests/fixtures/<file_name>` for `namespace`. Namespaced objects get
-/// that namespace; the chart's cluster-scoped RBAC objects get `-<namespace>`
-/// appended to their names, so installs in different namespaces stay apart.
+/// that namespace; the chart's cluster-scoped objects (RBAC, the
+/// ValidatingWebhookConfiguration) get `-<namespace>` appended to their names
+/// unless the chart already puts the namespace in them, so installs in
+/// different namespaces stay apart.
 pub fn load_fixture(file_name: &str, namespace: &str) -> anyhow::Result<Vec<DynamicObject>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -33,12 +35,21 @@ pub fn load_fixture(file_name: &str, namespace: &str) -> anyhow::Result<Vec<Dyna
             .as_ref()
             .map(|t| t.kind.as_str())
             .unwrap_or_default();
+        let scoped_name = |name: String| {
+            if name.contains(namespace) {
+                name
+            } else {
+                format!("{name}-{namespace}")
+            }
+        };
         match kind {
-            "ClusterRole" => {
-                object.metadata.name = Some(format!("{}-{namespace}", object.name_any()))
+            "ClusterRole" | "ValidatingWebhookConfiguration" => {
+                // Some chart versions render a namespace on these too.
+                object.metadata.namespace = None;
+                object.metadata.name = Some(scoped_name(object.name_any()))
             }
             "ClusterRoleBinding" => {
-                object.metadata.name = Some(format!("{}-{namespace}", object.name_any()));
+                object.metadata.name = Some(scoped_name(object.name_any()));
                 let role = object
                     .data
                     .pointer_mut("/roleRef/name")
@@ -58,7 +69,45 @@ pub async fn apply_fixture(
     namespace: &str,
     file_name: &str,
 ) -> anyhow::Result<()> {
-    for object in load_fixture(file_name, namespace)? {
+    apply_objects(
+        client,
+        namespace,
+        load_fixture(file_name, namespace)?,
+        FIELD_MANAGER,
+    )
+    .await
+}
+
+/// The fixture as `helm install` or `helm upgrade` of `release` (Helm 4,
+/// server-side) writes it: field manager `helm`, and Helm's ownership
+/// annotations on every object.
+pub async fn apply_fixture_as_helm(
+    client: &Client,
+    namespace: &str,
+    file_name: &str,
+    release: &str,
+) -> anyhow::Result<()> {
+    let mut objects = load_fixture(file_name, namespace)?;
+    for object in &mut objects {
+        let annotations = object
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        annotations.insert("meta.helm.sh/release-name".into(), release.into());
+        annotations.insert("meta.helm.sh/release-namespace".into(), namespace.into());
+    }
+    apply_objects(client, namespace, objects, "helm").await
+}
+
+/// Server-side-applies `objects` with `manager`, taking over conflicting
+/// fields as `--force-conflicts` does.
+pub async fn apply_objects(
+    client: &Client,
+    namespace: &str,
+    objects: Vec<DynamicObject>,
+    manager: &str,
+) -> anyhow::Result<()> {
+    for object in objects {
         let types = object
             .types
             .as_ref()
@@ -72,11 +121,11 @@ pub async fn apply_fixture(
         let name = object.name_any();
         api.patch(
             &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
+            &PatchParams::apply(manager).force(),
             &Patch::Apply(&object),
         )
         .await
-        .with_context(|| format!("applying {} {name} from {file_name}", types.kind))?;
+        .with_context(|| format!("applying {} {name}", types.kind))?;
     }
     Ok(())
 }

@@ -10,7 +10,10 @@ pub mod tools;
 use std::time::Duration;
 
 pub use controlplane::ControlPlane;
-pub use fixtures::{apply_fixture, install_fixture, load_fixture, wait_rollout};
+pub use fixtures::{
+    apply_fixture, apply_fixture_as_helm, apply_objects, install_fixture, load_fixture,
+    wait_rollout,
+};
 pub use simulator::NodeSimulator;
 
 /// How often [`wait_for`] asks again.

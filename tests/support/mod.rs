@@ -17,7 +17,9 @@ use sidecar_migrator::api::{DISCOVERY_LABEL, Phase, SidecarMigration, StepState}
 use sidecar_migrator::metrics::Metrics;
 use sidecar_migrator::plan;
 use sidecar_migrator::reconcile::{self, Context, Slots};
-use sidecar_migrator::testenv::{ControlPlane, NodeSimulator, apply_fixture, wait_for};
+use sidecar_migrator::testenv::{
+    ControlPlane, NodeSimulator, apply_fixture, apply_fixture_as_helm, wait_for,
+};
 use tokio::task::JoinHandle;
 
 pub const PROXY: &str = "kong-kong";
@@ -47,16 +49,39 @@ impl Case {
 
     /// [`Case::new`] on a node whose pods take `startup` to start.
     pub async fn with_startup(fixture: &str, startup: Duration) -> Case {
-        let mut case = Case::setup(fixture, startup).await;
+        let mut case = Case::setup(startup).await;
+        apply_fixture(&case.client, &case.ns, fixture)
+            .await
+            .expect("fixture applies");
+        case.wait_rollout(PROXY).await;
+        case.start_operator();
+        case
+    }
+
+    /// A namespace with `fixture` installed as `helm install kong` would
+    /// (field manager `helm`, Helm's ownership annotations), and the operator.
+    pub async fn installed_by_helm(fixture: &str) -> Case {
+        let mut case = Case::setup(Duration::ZERO).await;
+        apply_fixture_as_helm(&case.client, &case.ns, fixture, "kong")
+            .await
+            .expect("fixture applies");
+        case.wait_rollout(PROXY).await;
         case.start_operator();
         case
     }
 
     pub async fn without_operator(fixture: &str) -> Case {
-        Case::setup(fixture, Duration::ZERO).await
+        let case = Case::setup(Duration::ZERO).await;
+        apply_fixture(&case.client, &case.ns, fixture)
+            .await
+            .expect("fixture applies");
+        case.wait_rollout(PROXY).await;
+        case
     }
 
-    async fn setup(fixture: &str, startup: Duration) -> Case {
+    /// The namespace, clients and node simulator (its pods taking `startup`
+    /// to start), with nothing installed.
+    async fn setup(startup: Duration) -> Case {
         // The operator's logs, shown with a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -74,10 +99,7 @@ impl Case {
         let sim = NodeSimulator::start_with_startup(client.clone(), Some(&ns), startup)
             .await
             .expect("node simulator");
-        apply_fixture(&client, &ns, fixture)
-            .await
-            .expect("fixture applies");
-        let case = Case {
+        Case {
             cp,
             client,
             operator_client,
@@ -85,9 +107,7 @@ impl Case {
             sim,
             operator: None,
             metrics: Arc::new(Metrics::default()),
-        };
-        case.wait_rollout(PROXY).await;
-        case
+        }
     }
 
     /// What the operator's reconciler runs with in this case.

@@ -10,7 +10,7 @@ use crate::api::*;
 use crate::kong;
 use crate::plan::selector_labels;
 
-use super::migration_meta;
+use super::release_meta;
 
 /// The headless Admin API Service the new controller discovers gateways
 /// through. With `discovery_only`, only pods rendered for Gateway Discovery
@@ -26,11 +26,14 @@ pub fn admin_service(scm: &SidecarMigration, proxy: &Deployment, discovery_only:
         .and_then(|s| s.original.as_ref())
         .and_then(|o| o.adopted_admin_service.as_ref());
     Service {
-        metadata: migration_meta(scm, scm.spec.admin_service_name()),
+        // The gateway release renders this Service (admin.enabled) and adopts it.
+        metadata: release_meta(scm, proxy, scm.spec.admin_service_name(), None),
         spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
             // clusterIP cannot change on an adopted Service; KIC reads the
             // EndpointSlices either way.
             cluster_ip: adopted.is_none().then(|| "None".into()),
+            // As the chart renders it, so a later apply by Helm changes nothing.
+            type_: adopted.is_none().then(|| "ClusterIP".into()),
             selector: Some(selector),
             ports: Some(vec![ServicePort {
                 name: Some(kong::ADMIN_SERVICE_PORT_NAME.into()),

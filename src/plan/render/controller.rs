@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, EnvVar};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Volume};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
@@ -12,7 +12,7 @@ use crate::api::*;
 use crate::kong;
 use crate::plan::ControllerObjects;
 
-use super::migration_meta;
+use super::{migration_meta, release_meta};
 
 /// The discovery controller's own Lease name, derived from the sidecars'.
 pub fn discovery_election_id(sidecar_election: &str) -> String {
@@ -83,21 +83,33 @@ pub fn controller_objects(
         .flatten()
         .map(|m| m.name.as_str())
         .collect();
-    let volumes: Vec<_> = pod
+    // The recorded volumes: by now the gateway's template may no longer
+    // carry the sidecar-only ones (webhook certificate).
+    let recorded: Option<Vec<Volume>> = original
         .volumes
-        .iter()
-        .flatten()
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok());
+    let volumes: Vec<_> = recorded
+        .unwrap_or_else(|| pod.volumes.clone().unwrap_or_default())
+        .into_iter()
         .filter(|v| mounted.contains(&v.name.as_str()))
-        .cloned()
         .collect();
-    let pod_labels = BTreeMap::from([
-        (CONTROLLER_SELECTOR_LABEL.to_string(), name.clone()),
-        ("app.kubernetes.io/name".to_string(), name.clone()),
-        (
-            "app.kubernetes.io/component".to_string(),
-            "controller".to_string(),
+    let chart = chart_shape(scm, proxy, &name);
+    let (metadata, selector, pod_labels) = match chart {
+        Some(shape) => shape,
+        None => (
+            migration_meta(scm, name.clone()),
+            BTreeMap::from([(CONTROLLER_SELECTOR_LABEL.to_string(), name.clone())]),
+            BTreeMap::from([
+                (CONTROLLER_SELECTOR_LABEL.to_string(), name.clone()),
+                ("app.kubernetes.io/name".to_string(), name.clone()),
+                (
+                    "app.kubernetes.io/component".to_string(),
+                    "controller".to_string(),
+                ),
+            ]),
         ),
-    ]);
+    };
     let service_account = pod
         .service_account_name
         .clone()
@@ -116,7 +128,7 @@ pub fn controller_objects(
         ..Default::default()
     };
     let deployment = Deployment {
-        metadata: migration_meta(scm, name.clone()),
+        metadata,
         spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
             replicas: Some(
                 spec.controller
@@ -125,10 +137,7 @@ pub fn controller_objects(
                     .unwrap_or(1),
             ),
             selector: LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    CONTROLLER_SELECTOR_LABEL.to_string(),
-                    name.clone(),
-                )])),
+                match_labels: Some(selector),
                 ..Default::default()
             },
             template: k8s_openapi::api::core::v1::PodTemplateSpec {
@@ -171,4 +180,55 @@ pub fn controller_objects(
         role,
         role_binding,
     })
+}
+
+type Labels = BTreeMap<String, String>;
+
+/// The controller as the kong chart renders `controller.release` — metadata
+/// with Helm's ownership for that release, the chart's selector (immutable,
+/// so it must be right from the start) and pod labels — when the proxy
+/// Deployment is a Helm release's and a controller release is named.
+fn chart_shape(
+    scm: &SidecarMigration,
+    proxy: &Deployment,
+    name: &str,
+) -> Option<(ObjectMeta, Labels, Labels)> {
+    let release = scm.spec.controller_release()?;
+    crate::plan::helm_release(&proxy.metadata)?;
+    let chart_name = proxy
+        .metadata
+        .labels
+        .as_ref()?
+        .get("app.kubernetes.io/name")?
+        .clone();
+    let mut metadata = release_meta(scm, proxy, name.to_string(), Some(release));
+    metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("app.kubernetes.io/component".into(), "app".into());
+    let selector = BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), chart_name),
+        ("app.kubernetes.io/component".to_string(), "app".to_string()),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            release.to_string(),
+        ),
+    ]);
+    // The gateway's pod labels with this release's instance and app: the
+    // chart renders both from the same helpers.
+    let mut pod_labels = proxy
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .labels
+        .clone()
+        .unwrap_or_default();
+    pod_labels.remove(DISCOVERY_LABEL);
+    pod_labels.extend(selector.clone());
+    if pod_labels.contains_key("app") {
+        pod_labels.insert("app".into(), name.to_string());
+    }
+    Some((metadata, selector, pod_labels))
 }

@@ -45,3 +45,38 @@ pub(super) fn migration_meta(scm: &SidecarMigration, name: String) -> ObjectMeta
         ..Default::default()
     }
 }
+
+/// The metadata of an object a target Helm release will own: where the
+/// proxy Deployment is Helm's, the chart's labels (the Deployment's, less its
+/// component) and Helm's ownership annotations for `release`, so `helm
+/// upgrade` adopts the object rather than refusing it; otherwise the
+/// migration's own. The migration's annotation stays the proof it is ours.
+pub(super) fn release_meta(
+    scm: &SidecarMigration,
+    proxy: &k8s_openapi::api::apps::v1::Deployment,
+    name: String,
+    release: Option<&str>,
+) -> ObjectMeta {
+    let Some((source_release, namespace)) = crate::plan::helm_release(&proxy.metadata) else {
+        return migration_meta(scm, name);
+    };
+    let release = release.unwrap_or(&source_release).to_string();
+    let mut labels = proxy.metadata.labels.clone().unwrap_or_default();
+    labels.remove("app.kubernetes.io/component");
+    labels.insert(MANAGED_BY_LABEL.into(), HELM_MANAGED_BY.into());
+    labels.insert(HANDOFF_LABEL.into(), "true".into());
+    if labels.contains_key("app.kubernetes.io/instance") {
+        labels.insert("app.kubernetes.io/instance".into(), release.clone());
+    }
+    ObjectMeta {
+        name: Some(name),
+        namespace: scm.namespace(),
+        labels: Some(labels),
+        annotations: Some(BTreeMap::from([
+            (MIGRATION_ANNOTATION.to_string(), scm.name_any()),
+            (HELM_RELEASE_NAME.to_string(), release),
+            (HELM_RELEASE_NAMESPACE.to_string(), namespace),
+        ])),
+        ..Default::default()
+    }
+}

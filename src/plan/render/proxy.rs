@@ -2,7 +2,7 @@
 //! restores it from the record kept before the first change.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, RollingUpdateDeployment};
-use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, Service};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, PodSpec, Service, Volume};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::*;
@@ -40,7 +40,17 @@ pub(crate) fn record_original(
                     .unwrap_or_default(),
             ),
         });
+    let pod = dspec.template.spec.as_ref()?;
+    let init_container_env = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| carries_sidecar_env(c))
+        .map(|c| (c.name.clone(), to_value(&c.env.clone().unwrap_or_default())))
+        .collect();
     Some(Original {
+        volumes: pod.volumes.as_ref().map(to_value),
+        init_container_env,
         sidecar: to_value(&containers[index]),
         sidecar_index: index as u32,
         proxy_env: to_value(&proxy_c.env.clone().unwrap_or_default()),
@@ -73,27 +83,21 @@ pub fn migrate_template(proxy: &Deployment, spec: &SidecarMigrationSpec) -> Depl
     };
     pod.containers
         .retain(|c| c.name != spec.controller_container());
+    drop_sidecar_only_volumes(pod);
+    // The chart renders the proxy's KONG_* env into its init container too;
+    // leaving the sidecar values there is a template the gateway-only
+    // rendering does not have, so Helm's next sync would roll every pod.
+    for c in pod.init_containers.iter_mut().flatten() {
+        if carries_sidecar_env(c) {
+            rewrite_gateway_env(c.env.get_or_insert_with(Vec::new), false);
+        }
+    }
     if let Some(c) = pod
         .containers
         .iter_mut()
         .find(|c| c.name == spec.proxy_container())
     {
-        let env = c.env.get_or_insert_with(Vec::new);
-        env.retain(|e| e.name != kong::ENV_KONG_KIC);
-        match env.iter_mut().find(|e| e.name == kong::ENV_ADMIN_LISTEN) {
-            Some(e) => {
-                e.value = Some(kong::admin_listen_all_interfaces(
-                    e.value.as_deref().unwrap_or_default(),
-                ))
-            }
-            None => env.push(EnvVar {
-                name: kong::ENV_ADMIN_LISTEN.into(),
-                value: Some(kong::admin_listen_all_interfaces(
-                    kong::SIDECAR_ADMIN_LISTEN,
-                )),
-                ..Default::default()
-            }),
-        }
+        rewrite_gateway_env(c.env.get_or_insert_with(Vec::new), true);
         // Without its sidecar the gateway must not count as Ready before the
         // controller's first push (validation refused Kong < 3.3).
         if kong::premature_readiness_path(c).is_some()
@@ -108,15 +112,71 @@ pub fn migrate_template(proxy: &Deployment, spec: &SidecarMigrationSpec) -> Depl
         {
             p.name = Some(kong::ADMIN_CONTAINER_PORT_NAME.into());
         } else {
-            ports.push(ContainerPort {
-                name: Some(kong::ADMIN_CONTAINER_PORT_NAME.into()),
-                container_port: kong::ADMIN_PORT,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            });
+            // Where the chart renders it: first, after the plain-HTTP admin
+            // port if there is one. A list in another order is another pod
+            // template.
+            let at = ports
+                .iter()
+                .position(|p| p.name.as_deref() == Some(kong::ADMIN_HTTP_CONTAINER_PORT_NAME))
+                .map_or(0, |i| i + 1);
+            ports.insert(
+                at,
+                ContainerPort {
+                    name: Some(kong::ADMIN_CONTAINER_PORT_NAME.into()),
+                    container_port: kong::ADMIN_PORT,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                },
+            );
         }
     }
     d
+}
+
+/// The Admin API on all interfaces and no KONG_KIC, as the chart's gateway
+/// rendering has them. `add_listen` adds KONG_ADMIN_LISTEN where it is missing
+/// (the proxy container must listen; an init container need not).
+fn rewrite_gateway_env(env: &mut Vec<EnvVar>, add_listen: bool) {
+    env.retain(|e| e.name != kong::ENV_KONG_KIC);
+    match env.iter_mut().find(|e| e.name == kong::ENV_ADMIN_LISTEN) {
+        Some(e) => {
+            e.value = Some(kong::admin_listen_all_interfaces(
+                e.value.as_deref().unwrap_or_default(),
+            ))
+        }
+        None if add_listen => env.push(EnvVar {
+            name: kong::ENV_ADMIN_LISTEN.into(),
+            value: Some(kong::admin_listen_all_interfaces(
+                kong::SIDECAR_ADMIN_LISTEN,
+            )),
+            ..Default::default()
+        }),
+        None => {}
+    }
+}
+
+/// An init container rendered with the sidecar's gateway env (KONG_KIC).
+fn carries_sidecar_env(c: &Container) -> bool {
+    c.env.iter().flatten().any(|e| e.name == kong::ENV_KONG_KIC)
+}
+
+/// Drops the chart's controller-only volumes once no container mounts them.
+/// Only those: a volume of the user's own stays, even if only the sidecar
+/// mounted it, since nothing says the gateway release drops it.
+fn drop_sidecar_only_volumes(pod: &mut PodSpec) {
+    let mounted: Vec<String> = pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .map(|m| m.name.clone())
+        .collect();
+    if let Some(volumes) = pod.volumes.as_mut() {
+        volumes.retain(|v| {
+            !kong::CHART_SIDECAR_ONLY_VOLUMES.contains(&v.name.as_str())
+                || mounted.contains(&v.name)
+        });
+    }
 }
 
 /// The proxy Deployment's template as the sidecar rendering had it.
@@ -154,6 +214,12 @@ pub fn restore_template(
             c.readiness_probe = Some(probe);
         }
     }
+    for c in pod.init_containers.iter_mut().flatten() {
+        if let Some(env) = original.init_container_env.get(&c.name) {
+            let env: Vec<EnvVar> = serde_json::from_value(env.clone()).unwrap_or_default();
+            c.env = (!env.is_empty()).then_some(env);
+        }
+    }
     if !pod
         .containers
         .iter()
@@ -163,7 +229,33 @@ pub fn restore_template(
         let at = (original.sidecar_index as usize).min(pod.containers.len());
         pod.containers.insert(at, sidecar);
     }
+    restore_sidecar_volumes(pod, original);
     d
+}
+
+/// Puts back the volumes the migration dropped, each in its recorded place;
+/// volumes added since stay, after them. A record without volumes restores
+/// none.
+fn restore_sidecar_volumes(pod: &mut PodSpec, original: &Original) {
+    let Some(recorded) = original
+        .volumes
+        .clone()
+        .and_then(|v| serde_json::from_value::<Vec<Volume>>(v).ok())
+    else {
+        return;
+    };
+    let mut current = pod.volumes.take().unwrap_or_default();
+    let mut volumes: Vec<Volume> = recorded
+        .into_iter()
+        .map(
+            |was| match current.iter().position(|v| v.name == was.name) {
+                Some(i) => current.remove(i),
+                None => was,
+            },
+        )
+        .collect();
+    volumes.append(&mut current);
+    pod.volumes = (!volumes.is_empty()).then_some(volumes);
 }
 
 pub enum Rollout {

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 mod drift;
+mod handoff;
 mod lifecycle;
 mod rollback;
 mod steps;

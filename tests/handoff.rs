@@ -1,0 +1,405 @@
+//! The hand-off: after Succeeded, the installation is the one the kong chart
+//! renders for Kong's Gateway Discovery setup, so Helm takes it over with
+//! nothing to repair. The source is installed as `helm install` would, the
+//! gateway release's rendering is then applied as Helm 4 does (server-side,
+//! field manager `helm`), and nothing may roll.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use serde_json::json;
+use sidecar_migrator::api::Phase;
+use sidecar_migrator::plan::helm_can_adopt;
+use sidecar_migrator::testenv::{apply_fixture_as_helm, load_fixture};
+use support::*;
+
+async fn replica_sets(case: &Case) -> BTreeSet<String> {
+    Api::<ReplicaSet>::namespaced(case.client.clone(), &case.ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=kong"))
+        .await
+        .expect("replica sets")
+        .items
+        .iter()
+        .map(|rs| rs.name_any())
+        .collect()
+}
+
+async fn gateway_release_takes_over_without_a_roll(version: &str) {
+    let case = Case::installed_by_helm(&format!("chart-{version}-sidecar.yaml")).await;
+    case.start(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "controller": { "release": "kong-controller" } }),
+    )
+    .await;
+    let m = case.wait_phase("kong", Phase::Succeeded).await;
+    let status = m.status.unwrap_or_default();
+    let handoff = status.handoff.expect("status.handoff at Succeeded");
+    let order: Vec<&str> = handoff.releases.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(order, ["kong-controller", "kong"], "chart {version}");
+    let warnings = status.warnings;
+    // `sidecar-migrator handoff <ns>/<name>` writes what status.handoff says.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidecar-migrator"))
+        .args(["handoff", &format!("{}/kong", case.ns), "--dir"])
+        .arg(dir.path())
+        .env("KUBECONFIG", case.cp.kubeconfig_path())
+        .output()
+        .await
+        .expect("the handoff subcommand runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let commands = String::from_utf8_lossy(&out.stdout).into_owned();
+    let want: Vec<&str> = handoff
+        .releases
+        .iter()
+        .map(|r| r.command.as_str())
+        .collect();
+    assert_eq!(commands.lines().collect::<Vec<_>>(), want);
+    for release in &handoff.releases {
+        let written =
+            std::fs::read_to_string(dir.path().join(format!("{}-values.yaml", release.name)))
+                .expect("values file written");
+        assert_eq!(written, release.values);
+    }
+    assert!(
+        warnings.iter().any(|w| w.starts_with(
+            "Service kong-kong-validation-webhook selects the gateway pods on port webhook"
+        )),
+        "chart {version}: status names the webhook the sidecar alone served: {warnings:?}"
+    );
+    let before = replica_sets(&case).await;
+    let controller_before = controller_replica_sets(&case).await;
+
+    // `helm upgrade kong` with the gateway release's values: Helm's
+    // ownership check first, then the apply.
+    let admin = Api::<Service>::namespaced(case.client.clone(), &case.ns)
+        .get("kong-kong-admin")
+        .await
+        .expect("admin Service");
+    assert_eq!(
+        helm_can_adopt(&admin.metadata, "kong", &case.ns),
+        Ok(()),
+        "chart {version}: helm upgrade adopts the admin Service"
+    );
+    apply_fixture_as_helm(
+        &case.client,
+        &case.ns,
+        &format!("chart-{version}-gateway-release.yaml"),
+        "kong",
+    )
+    .await
+    .expect("the gateway release applies");
+    case.wait_rollout(PROXY).await;
+    assert_eq!(
+        replica_sets(&case).await,
+        before,
+        "chart {version}: the gateway release's apply rolled the gateway pods"
+    );
+
+    // `helm install kong-controller` with the controller release's values.
+    let controller = case
+        .deployments()
+        .get(CHART_CONTROLLER)
+        .await
+        .expect("the operator named the controller as the chart does");
+    assert_eq!(
+        helm_can_adopt(&controller.metadata, "kong-controller", &case.ns),
+        Ok(()),
+        "chart {version}: helm install adopts the controller Deployment"
+    );
+    apply_fixture_as_helm(
+        &case.client,
+        &case.ns,
+        &format!("chart-{version}-controller-release.yaml"),
+        "kong-controller",
+    )
+    .await
+    .expect("the controller release applies (its selector is the operator's)");
+    let controller = case.wait_rollout(CHART_CONTROLLER).await;
+    let new_controller_sets = controller_replica_sets(&case)
+        .await
+        .difference(&controller_before)
+        .count();
+    assert!(
+        new_controller_sets <= 1,
+        "chart {version}: the controller rolled {new_controller_sets} times"
+    );
+    let deployments = case
+        .deployments()
+        .list(&ListParams::default())
+        .await
+        .expect("deployments");
+    assert_eq!(
+        deployments.items.len(),
+        2,
+        "chart {version}: one gateway and one controller Deployment, not two controllers: {:?}",
+        deployments.iter().map(|d| d.name_any()).collect::<Vec<_>>()
+    );
+    let publish = env(&controller, SIDECAR, "CONTROLLER_PUBLISH_SERVICE").expect("publish env");
+    let (_, publish) = publish.split_once('/').expect("namespace/name");
+    Api::<Service>::namespaced(case.client.clone(), &case.ns)
+        .get(publish)
+        .await
+        .expect("the publish Service exists");
+    assert_eq!(
+        replica_sets(&case).await,
+        before,
+        "chart {version}: still no gateway roll"
+    );
+    // The fixtures' ValidatingWebhookConfigurations match no namespace: the
+    // API server never called them (it would have dialled out of loopback).
+    let metrics = kube::core::Request::new("")
+        .get("metrics", &Default::default())
+        .expect("request");
+    let metrics = case.client.request_text(metrics).await.expect("/metrics");
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("apiserver_admission_webhook") && l.contains("konghq.com")),
+        "kube-apiserver called a fixture's webhook"
+    );
+}
+
+const CHART_CONTROLLER: &str = "kong-controller-kong";
+
+async fn controller_replica_sets(case: &Case) -> BTreeSet<String> {
+    Api::<ReplicaSet>::namespaced(case.client.clone(), &case.ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=kong-controller"))
+        .await
+        .expect("replica sets")
+        .items
+        .iter()
+        .map(|rs| rs.name_any())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_2_52_gateway_release_takes_over_without_a_roll() {
+    gateway_release_takes_over_without_a_roll("2.52.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_2_30_gateway_release_takes_over_without_a_roll() {
+    gateway_release_takes_over_without_a_roll("2.30.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restores_the_charts_sidecar_template_exactly() {
+    let case = Case::installed_by_helm("chart-2.52.0-sidecar.yaml").await;
+    let template = |d: k8s_openapi::api::apps::v1::Deployment| {
+        serde_json::to_value(d.spec.map(|s| s.template)).expect("json")
+    };
+    let before = template(case.deployments().get(PROXY).await.expect("proxy"));
+    case.start(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await;
+    case.wait_phase("kong", Phase::AwaitingApproval).await;
+    case.set("kong", json!({ "rollback": true })).await;
+    case.wait_phase("kong", Phase::RolledBack).await;
+    let after = template(case.wait_rollout(PROXY).await);
+    assert_eq!(
+        after, before,
+        "volumes and init container env are back as the chart rendered them"
+    );
+    assert_eq!(case.downtime_ms(), 0);
+}
+
+/// Every permission of the controller release's ClusterRole and Role, as
+/// SubjectAccessReviews for `user`: the ones refused.
+async fn refused(case: &Case, version: &str, user: &str) -> Vec<String> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    use k8s_openapi::api::rbac::v1::PolicyRule;
+    let objects = load_fixture(
+        &format!("chart-{version}-controller-release.yaml"),
+        &case.ns,
+    )
+    .expect("fixture");
+    let reviews: Api<SubjectAccessReview> = Api::all(case.client.clone());
+    let mut refused = Vec::new();
+    for object in objects {
+        let kind = object
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
+        let namespace = match kind.as_str() {
+            "ClusterRole" => None,
+            "Role" => Some(case.ns.clone()),
+            _ => continue,
+        };
+        let rules: Vec<PolicyRule> =
+            serde_json::from_value(object.data["rules"].clone()).expect("rules");
+        for rule in rules {
+            let names = rule.resource_names.clone().unwrap_or_default();
+            let names: Vec<Option<String>> = if names.is_empty() {
+                vec![None]
+            } else {
+                names.into_iter().map(Some).collect()
+            };
+            for group in rule.api_groups.iter().flatten() {
+                for resource in rule.resources.iter().flatten() {
+                    let (resource, subresource) = match resource.split_once('/') {
+                        Some((r, s)) => (r.to_string(), Some(s.to_string())),
+                        None => (resource.clone(), None),
+                    };
+                    for verb in &rule.verbs {
+                        for name in &names {
+                            let review = SubjectAccessReview {
+                                spec: SubjectAccessReviewSpec {
+                                    user: Some(user.to_string()),
+                                    resource_attributes: Some(ResourceAttributes {
+                                        group: Some(group.clone()),
+                                        resource: Some(resource.clone()),
+                                        subresource: subresource.clone(),
+                                        verb: Some(verb.clone()),
+                                        name: name.clone(),
+                                        namespace: namespace.clone(),
+                                        ..Default::default()
+                                    }),
+                                    ..Default::default()
+                                },
+                                ..Default::default()
+                            };
+                            let answer = reviews
+                                .create(&Default::default(), &review)
+                                .await
+                                .expect("SubjectAccessReview");
+                            if !answer.status.is_some_and(|s| s.allowed) {
+                                refused.push(format!("{verb} {group}/{resource} {name:?}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    refused
+}
+
+/// The ServiceAccounts the controller runs as: its template's and every
+/// controller pod's.
+async fn controller_identities(case: &Case) -> BTreeSet<String> {
+    let d = case
+        .deployments()
+        .get(CHART_CONTROLLER)
+        .await
+        .expect("controller");
+    let mut accounts: BTreeSet<String> = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.service_account_name)
+        .into_iter()
+        .collect();
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(case.client.clone(), &case.ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=kong-controller"))
+        .await
+        .expect("pods");
+    accounts.extend(
+        pods.items
+            .into_iter()
+            .filter_map(|p| p.spec?.service_account_name),
+    );
+    accounts
+        .into_iter()
+        .map(|sa| format!("system:serviceaccount:{}:{sa}", case.ns))
+        .collect()
+}
+
+async fn assert_controller_keeps_every_permission(case: &Case, version: &str, moment: &str) {
+    for user in controller_identities(case).await {
+        let refused = refused(case, version, &user).await;
+        assert!(
+            refused.is_empty(),
+            "chart {version}, {moment}: {user} lacks {} of the controller release's permissions, e.g. {:?}",
+            refused.len(),
+            &refused[..refused.len().min(5)]
+        );
+    }
+}
+
+/// `helm upgrade` deletes what the previous release rendered and the new
+/// one does not.
+async fn delete_dropped(case: &Case, before: &str, after: &str) {
+    use kube::api::{DeleteParams, DynamicObject, GroupVersionKind};
+    use kube::discovery::{Scope, pinned_kind};
+    let key = |o: &DynamicObject| {
+        (
+            o.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default(),
+            o.name_any(),
+        )
+    };
+    let kept: BTreeSet<_> = load_fixture(after, &case.ns)
+        .expect("fixture")
+        .iter()
+        .map(key)
+        .collect();
+    for object in load_fixture(before, &case.ns).expect("fixture") {
+        if kept.contains(&key(&object)) {
+            continue;
+        }
+        let types = object.types.as_ref().expect("types");
+        let gvk = GroupVersionKind::try_from(types).expect("gvk");
+        let (resource, caps) = pinned_kind(&case.client, &gvk).await.expect("kind");
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Namespaced => Api::namespaced_with(case.client.clone(), &case.ns, &resource),
+            Scope::Cluster => Api::all_with(case.client.clone(), &resource),
+        };
+        api.delete(&object.name_any(), &DeleteParams::default())
+            .await
+            .expect("helm deletes what it no longer renders");
+    }
+}
+
+async fn hand_off_in_order_keeps_every_permission(version: &str) {
+    let case = Case::installed_by_helm(&format!("chart-{version}-sidecar.yaml")).await;
+    case.start(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "controller": { "release": "kong-controller" } }),
+    )
+    .await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    assert_controller_keeps_every_permission(&case, version, "at Succeeded").await;
+    // status.handoff's order: the controller release first ...
+    apply_fixture_as_helm(
+        &case.client,
+        &case.ns,
+        &format!("chart-{version}-controller-release.yaml"),
+        "kong-controller",
+    )
+    .await
+    .expect("the controller release applies");
+    assert_controller_keeps_every_permission(&case, version, "while the controller rolls").await;
+    case.wait_rollout(CHART_CONTROLLER).await;
+    assert_controller_keeps_every_permission(&case, version, "controller release installed").await;
+    // ... then the gateway release's upgrade, which drops the sidecar's RBAC.
+    let sidecar = format!("chart-{version}-sidecar.yaml");
+    let gateway = format!("chart-{version}-gateway-release.yaml");
+    apply_fixture_as_helm(&case.client, &case.ns, &gateway, "kong")
+        .await
+        .expect("the gateway release applies");
+    delete_dropped(&case, &sidecar, &gateway).await;
+    case.wait_rollout(PROXY).await;
+    assert_controller_keeps_every_permission(&case, version, "gateway release upgraded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_2_52_hand_off_in_order_keeps_every_permission() {
+    hand_off_in_order_keeps_every_permission("2.52.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_2_30_hand_off_in_order_keeps_every_permission() {
+    hand_off_in_order_keeps_every_permission("2.30.0").await;
+}
