@@ -50,6 +50,13 @@ const DNS_1035_LABEL: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
     printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#
 )]
 #[x_kube(
+    // The names derived from proxyDeployment, checked before anything is
+    // changed: a 253-character Deployment name is valid, its `-admin`
+    // Service is not.
+    validation = Rule::new("(has(self.adminService) && has(self.adminService.name)) || (size(self.proxyDeployment) <= 57 && self.proxyDeployment.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))")
+        .message("the default admin Service name <proxyDeployment>-admin would not be a valid Service name (a DNS-1035 label of at most 63 characters): set spec.adminService.name"),
+    validation = Rule::new("(has(self.controller) && has(self.controller.name)) || (size(self.proxyDeployment) <= 52 && self.proxyDeployment.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))")
+        .message("the default controller name <proxyDeployment>-controller would not be a DNS label of at most 63 characters: set spec.controller.name"),
     validation = Rule::new("!(has(self.approved) && self.approved) || (has(self.approval) && self.approval == 'Manual')")
         .message("approved: true needs approval: Manual"),
     validation = Rule::new("self.proxyDeployment == oldSelf.proxyDeployment")

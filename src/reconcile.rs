@@ -43,6 +43,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub slots: Slots,
+    pub policy: plan::Policy,
     /// Failed reconciles in a row, by migration, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -132,8 +133,14 @@ impl Context {
             client,
             metrics,
             slots,
+            policy: plan::Policy::default(),
             failures: Mutex::default(),
         }
+    }
+
+    pub fn with_policy(mut self, policy: plan::Policy) -> Self {
+        self.policy = policy;
+        self
     }
 }
 
@@ -349,6 +356,7 @@ async fn reconcile_once(scm: &SidecarMigration, ctx: &Context) -> Result<Requeue
         return Ok(Requeue::await_change());
     };
     observed.slot = ctx.slots.check(&scm);
+    observed.policy = ctx.policy.clone();
     let plan = plan::plan(&scm, &observed, Timestamp::now());
     execute(&scm, ctx, &ns, plan).await
 }
@@ -399,6 +407,9 @@ async fn observe(
     let controller_role = Api::<Role>::namespaced(client.clone(), ns)
         .get_opt(&rbac_name(spec))
         .await?;
+    let controller_role_binding = Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .get_opt(&rbac_name(spec))
+        .await?;
     let others = Api::<SidecarMigration>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await?;
@@ -421,7 +432,8 @@ async fn observe(
         admin_service,
         admin_slices,
         controller,
-        controller_role: controller_role.filter(|r| plan::is_ours(&r.metadata, scm)),
+        controller_role,
+        controller_role_binding,
         others,
         ..Default::default()
     };
@@ -515,24 +527,32 @@ async fn execute(
                     .await
                     .map(drop)
             }
-            Action::DeleteController => {
+            Action::DeleteController {
+                deployment,
+                role,
+                role_binding,
+            } => {
                 let rbac = rbac_name(&scm.spec);
-                ignore_missing(
-                    deployments
-                        .delete(&scm.spec.controller_name(), &DeleteParams::foreground())
+                if let Some(uid) = deployment {
+                    let dp = only(uid, DeleteParams::foreground());
+                    ignore_missing(
+                        deployments
+                            .delete(&scm.spec.controller_name(), &dp)
+                            .await
+                            .map(drop),
+                    )?;
+                }
+                if let Some(uid) = role_binding {
+                    let dp = only(uid, DeleteParams::default());
+                    ignore_missing(bindings.delete(&rbac, &dp).await.map(drop))?;
+                }
+                match role {
+                    Some(uid) => roles
+                        .delete(&rbac, &only(uid, DeleteParams::default()))
                         .await
                         .map(drop),
-                )?;
-                ignore_missing(
-                    bindings
-                        .delete(&rbac, &DeleteParams::default())
-                        .await
-                        .map(drop),
-                )?;
-                roles
-                    .delete(&rbac, &DeleteParams::default())
-                    .await
-                    .map(drop)
+                    None => Ok(()),
+                }
             }
             Action::DeleteAdminService => services
                 .delete(&scm.spec.admin_service_name(), &DeleteParams::default())
@@ -631,6 +651,16 @@ async fn set_finalizers(
     )
     .await
     .map(drop)
+}
+
+/// Deletes only the object with this uid: one re-created under the same name
+/// by someone else is not the one the plan saw as ours.
+fn only(uid: &str, mut dp: DeleteParams) -> DeleteParams {
+    dp.preconditions = Some(kube::api::Preconditions {
+        uid: Some(uid.to_string()),
+        resource_version: None,
+    });
+    dp
 }
 
 fn ignore_missing(r: Result<(), kube::Error>) -> Result<(), kube::Error> {

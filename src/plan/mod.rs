@@ -48,11 +48,23 @@ pub struct Observed {
     pub admin_slices: Vec<EndpointSlice>,
     /// Whatever Deployment carries the controller name, ours or not.
     pub controller: Option<Deployment>,
+    /// Whatever Role and RoleBinding carry the controller's RBAC name, ours or not.
     pub controller_role: Option<Role>,
+    pub controller_role_binding: Option<RoleBinding>,
     /// The other SidecarMigrations in the namespace.
     pub others: Vec<SidecarMigration>,
     /// Whether this migration may start changing things now.
     pub slot: Slot,
+    pub policy: Policy,
+}
+
+/// What the operator was started with that limits what a migration may ask.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    /// `--allowed-controller-images`: patterns (`*`, `?`) an image in
+    /// spec.controller.image may match when it is not the sidecar's own
+    /// repository. Empty: only the sidecar's repository.
+    pub allowed_controller_images: Vec<String>,
 }
 
 /// `--max-concurrent-migrations`: how many may be in flight at once.
@@ -72,8 +84,14 @@ pub enum Action {
     ReplaceProxy(Box<Deployment>),
     ApplyAdminService(Box<Service>),
     ApplyController(Box<ControllerObjects>),
-    /// Delete the controller Deployment and its Role and RoleBinding.
-    DeleteController,
+    /// Delete the controller Deployment, its Role and its RoleBinding: only
+    /// those whose uid is given, which were seen to be ours (a same-named
+    /// object someone else made meanwhile has another uid and stays).
+    DeleteController {
+        deployment: Option<String>,
+        role: Option<String>,
+        role_binding: Option<String>,
+    },
     DeleteAdminService,
     /// Delete a ReplicaSet but leave its pods, so that evicted legacy pods are
     /// not replaced (Kong's documented order only).
@@ -92,7 +110,9 @@ impl Action {
                 "the apply of Deployment {} and its Role and RoleBinding",
                 o.deployment.name_any()
             ),
-            Action::DeleteController => "the deletion of the controller Deployment".into(),
+            Action::DeleteController { .. } => {
+                "the deletion of the controller Deployment and its RBAC".into()
+            }
             Action::DeleteAdminService => "the deletion of the admin Service".into(),
             Action::OrphanReplicaSet(rs) => format!("the deletion of ReplicaSet {rs}"),
             Action::EvictPod(pod) => format!("the eviction of pod {pod}"),

@@ -103,13 +103,34 @@ impl Planner<'_> {
             restored = Some(with_rollout(template, Rollout::Original, original));
         }
         let mut actions = Vec::new();
-        let controller_ours = self
-            .obs
-            .controller
-            .as_ref()
-            .is_some_and(|c| is_ours(&c.metadata, self.scm));
-        if controller_ours || self.obs.controller_role.is_some() {
-            actions.push(Action::DeleteController);
+        let ours_uid = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            is_ours(meta, self.scm).then(|| meta.uid.clone()).flatten()
+        };
+        let delete = Action::DeleteController {
+            deployment: self
+                .obs
+                .controller
+                .as_ref()
+                .and_then(|d| ours_uid(&d.metadata)),
+            role: self
+                .obs
+                .controller_role
+                .as_ref()
+                .and_then(|r| ours_uid(&r.metadata)),
+            role_binding: self
+                .obs
+                .controller_role_binding
+                .as_ref()
+                .and_then(|b| ours_uid(&b.metadata)),
+        };
+        if let Action::DeleteController {
+            deployment,
+            role,
+            role_binding,
+        } = &delete
+            && (deployment.is_some() || role.is_some() || role_binding.is_some())
+        {
+            actions.push(delete);
         }
         if let Some(svc) = &self.obs.admin_service {
             match &original.adopted_admin_service {

@@ -154,7 +154,23 @@ impl Planner<'_> {
         let Some(proxy) = &self.obs.proxy else {
             return Outcome::Wait(format!("Deployment {} is gone", self.spec.proxy_deployment));
         };
-        if self.obs.controller.is_some() && self.obs.controller_role.is_some() {
+        // Checked again here, not only in Validating: a same-named object
+        // someone made since would otherwise be force-applied over.
+        if let Some(taken) = self.foreign_controller_object() {
+            return taken;
+        }
+        let ours = |m: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
+            m.is_some_and(|m| super::is_ours(m, self.scm))
+        };
+        if ours(self.obs.controller.as_ref().map(|d| &d.metadata))
+            && ours(self.obs.controller_role.as_ref().map(|r| &r.metadata))
+            && ours(
+                self.obs
+                    .controller_role_binding
+                    .as_ref()
+                    .map(|b| &b.metadata),
+            )
+        {
             self.status.controller_deployment = Some(self.spec.controller_name());
             return Outcome::Done;
         }

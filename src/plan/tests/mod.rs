@@ -99,7 +99,7 @@ fn pod(name: &str, sidecar: bool, ready: bool, ip: &str) -> Pod {
     if sidecar {
         containers.insert(
             0,
-            json!({ "name": "ingress-controller", "image": "kic:3.4" }),
+            json!({ "name": "ingress-controller", "image": "kong/kubernetes-ingress-controller:3.4" }),
         );
     }
     let mut p: Pod = serde_json::from_value(json!({

@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn rollback_from_every_phase_restores_the_sidecar() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     for phase in [
         Phase::DisablingSidecar,
         Phase::DeployingController,
@@ -53,17 +53,26 @@ fn rollback_from_every_phase_restores_the_sidecar() {
                 .expect("original"),
         )
         .expect("controller");
+        let mut ctrl = ctrl;
+        ctrl.deployment.metadata.uid = Some("uid-deploy".into());
+        ctrl.role.metadata.uid = Some("uid-role".into());
+        ctrl.role_binding.metadata.uid = Some("uid-binding".into());
         let obs = Observed {
             proxy: Some(rolled.clone()),
             pods: vec![pod("restored", true, true, "10.0.0.5")],
             controller: Some(ctrl.deployment.clone()),
             controller_role: Some(ctrl.role.clone()),
+            controller_role_binding: Some(ctrl.role_binding.clone()),
             admin_service: Some(admin_service(&m, &d, true)),
             ..Default::default()
         };
         let p = plan(&m, &obs, later(2));
         assert!(
-            p.actions.contains(&Action::DeleteController),
+            p.actions.contains(&Action::DeleteController {
+                deployment: Some("uid-deploy".into()),
+                role: Some("uid-role".into()),
+                role_binding: Some("uid-binding".into()),
+            }),
             "{phase}: {:?}",
             p.actions
         );
@@ -99,7 +108,7 @@ fn rollback_before_any_change_has_nothing_to_undo() {
     let p = plan(
         &scm(json!({ "rollback": true })),
         &Observed {
-            proxy: Some(sidecar_deployment("kic:3.4")),
+            proxy: Some(sidecar_deployment("kong/kubernetes-ingress-controller:3.4")),
             ..Default::default()
         },
         now(),
@@ -110,7 +119,7 @@ fn rollback_before_any_change_has_nothing_to_undo() {
 
 #[test]
 fn deletion_rolls_back_an_unfinished_migration_only() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let mut unfinished = in_phase(json!({}), Phase::DeployingController, &d);
     unfinished.metadata.deletion_timestamp = Some(Time(now()));
     let obs = Observed {

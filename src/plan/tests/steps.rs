@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn disabling_the_sidecar_records_the_original_first() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let p = plan(
         &scm(json!({})),
         &Observed {
@@ -77,7 +77,7 @@ fn disabling_the_sidecar_records_the_original_first() {
 
 #[test]
 fn kong_order_does_not_select_on_the_discovery_label() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let p = plan(
         &scm(json!({ "cutover": "DeleteLegacyPods" })),
         &Observed {
@@ -104,7 +104,7 @@ fn kong_order_does_not_select_on_the_discovery_label() {
 
 #[test]
 fn the_template_round_trips() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = scm(json!({}));
     let original = record_original(&m.spec, &d, None, &m).expect("record");
     let migrated = with_rollout(
@@ -129,7 +129,7 @@ fn the_template_round_trips() {
 
 #[test]
 fn each_forward_step_acts_then_hands_over() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let spec = json!({});
     // DisablingSidecar finished: the next reconcile deploys the controller.
     let m = in_phase(spec.clone(), Phase::DisablingSidecar, &d);
@@ -251,7 +251,7 @@ fn each_forward_step_acts_then_hands_over() {
 
 #[test]
 fn the_end_restores_the_rollout_and_succeeds() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = in_phase(json!({}), Phase::DeletingLegacyPods, &d);
     let svc = admin_service(&m, &d, true);
     let obs = Observed {
@@ -293,7 +293,7 @@ fn the_end_restores_the_rollout_and_succeeds() {
 
 #[test]
 fn manual_approval_holds_every_legacy_pod() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let spec = json!({ "approval": "Manual" });
     let p = plan(
         &scm(spec.clone()),
@@ -350,7 +350,7 @@ fn manual_approval_holds_every_legacy_pod() {
 
 #[test]
 fn kong_order_orphans_legacy_replica_sets_and_evicts_one_pod_at_a_time() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = in_phase(
         json!({ "cutover": "DeleteLegacyPods" }),
         Phase::DeletingLegacyPods,
