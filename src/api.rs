@@ -21,6 +21,11 @@ pub const MIGRATION_ANNOTATION: &str = "sidecar-migrator.dev/migration";
 /// Carried by gateway pods rendered for Gateway Discovery; the admin Service
 /// selects on it so the new controller never sees a sidecar pod.
 pub const DISCOVERY_LABEL: &str = "sidecar-migrator.dev/gateway-discovery";
+/// On the proxy Deployment during a migration: the literal env values of the
+/// sidecar and proxy containers as they were (JSON), which status.original
+/// leaves out. Whoever may read this annotation may read the Deployment's
+/// spec, which held those values already; a SidecarMigration's readers may not.
+pub const ORIGINAL_ENV_ANNOTATION: &str = "sidecar-migrator.dev/original-env";
 pub const CONTROLLER_SELECTOR_LABEL: &str = "sidecar-migrator.dev/controller";
 
 pub const DEFAULT_STEP_TIMEOUT_SECONDS: u32 = 600;
@@ -273,8 +278,11 @@ pub struct StepStatus {
     pub message: Option<String>,
 }
 
-/// What rollback restores, written before the first change. Holds only what
-/// the Deployment spec already held: a secretKeyRef stays a reference.
+/// What rollback restores, written before the first change. No secret: a
+/// secretKeyRef stays a reference, and literal env values are left out (with
+/// `envValuesOnDeployment`): they travel in the proxy Deployment's
+/// `sidecar-migrator.dev/original-env` annotation, set by the same write that
+/// removes the sidecar, so whoever reads this status learns no value.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Original {
@@ -299,6 +307,11 @@ pub struct Original {
     pub min_ready_seconds: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline_seconds: Option<i32>,
+    /// The env lists above carry names only; their literal values are in the
+    /// proxy Deployment's annotation (false: recorded by an older operator,
+    /// values inline).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub env_values_on_deployment: bool,
     /// Set when an existing admin Service was adopted: its selector and ports
     /// as they were (rollback restores them instead of deleting the Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]

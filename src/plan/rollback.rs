@@ -3,7 +3,9 @@
 use crate::api::*;
 
 use super::facts::rollout_summary;
-use super::render::{adopted_service_restored, service_matches};
+use super::render::{
+    adopted_service_restored, original_unreadable, service_matches, without_original_env,
+};
 use super::{
     Action, Health, IDLE_RECHECK, Outcome, Planner, Rollout, has_container, is_ours,
     restore_template, rollout_complete, with_rollout,
@@ -70,6 +72,9 @@ impl Planner<'_> {
         let spec = self.spec;
         let mut restored = None;
         if let Some(proxy) = &self.obs.proxy {
+            if let Some(why) = original_unreadable(original, proxy, spec) {
+                return Outcome::Wait(why);
+            }
             let template = restore_template(proxy, spec, original);
             if template != *proxy {
                 let held = with_rollout(
@@ -100,7 +105,11 @@ impl Planner<'_> {
                     rollout_summary(proxy)
                 ));
             }
-            restored = Some(with_rollout(template, Rollout::Original, original));
+            restored = Some(without_original_env(with_rollout(
+                template,
+                Rollout::Original,
+                original,
+            )));
         }
         let mut actions = Vec::new();
         let ours_uid = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {

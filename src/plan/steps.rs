@@ -8,7 +8,9 @@ use crate::api::*;
 use crate::kong;
 
 use super::facts::{controller_owner, legacy_pod_names, rollout_summary, rs_template_has};
-use super::render::{record_original, service_matches};
+use super::render::{
+    original_unreadable, record_original, service_matches, with_original_env, without_original_env,
+};
 use super::{
     Action, Outcome, Planner, Rollout, admin_service, controller_objects, deployment_available,
     has_container, listed_pods, migrate_template, pod_ready, rollout_complete, with_rollout,
@@ -98,12 +100,16 @@ impl Planner<'_> {
             self.status.original = Some(original);
         }
         let mut actions = Vec::new();
-        let desired = with_rollout(
-            migrate_template(&proxy, self.spec),
-            Rollout::Held {
-                approval_hold: self.approval_hold(),
-            },
-            self.original(),
+        let desired = with_original_env(
+            with_rollout(
+                migrate_template(&proxy, self.spec),
+                Rollout::Held {
+                    approval_hold: self.approval_hold(),
+                },
+                self.original(),
+            ),
+            &proxy,
+            self.spec,
         );
         if desired != proxy {
             actions.push(Action::ReplaceProxy(Box::new(desired)));
@@ -173,6 +179,9 @@ impl Planner<'_> {
         {
             self.status.controller_deployment = Some(self.spec.controller_name());
             return Outcome::Done;
+        }
+        if let Some(why) = original_unreadable(self.original(), proxy, self.spec) {
+            return Outcome::Fail("OriginalUnreadable", why);
         }
         let Some(objects) = controller_objects(self.scm, proxy, self.original()) else {
             return Outcome::Fail(
@@ -309,7 +318,10 @@ impl Planner<'_> {
         }
         // No legacy pod left: the label no longer needs to tell pods apart and
         // the user's rollout settings come back.
-        let finished = with_rollout(migrated, Rollout::Original, self.original());
+        // The original env values are no longer needed: nothing rolls back
+        // a finished migration.
+        let finished =
+            without_original_env(with_rollout(migrated, Rollout::Original, self.original()));
         let mut actions = Vec::new();
         if finished != proxy {
             actions.push(Action::ReplaceProxy(Box::new(finished)));

@@ -181,12 +181,16 @@ fn migrated(proxy: &Deployment, m: &SidecarMigration, hold: bool) -> Deployment 
         .as_ref()
         .and_then(|s| s.original.clone())
         .unwrap_or_default();
-    let mut d = with_rollout(
-        migrate_template(proxy, &m.spec),
-        Rollout::Held {
-            approval_hold: hold,
-        },
-        &original,
+    let mut d = render::with_original_env(
+        with_rollout(
+            migrate_template(proxy, &m.spec),
+            Rollout::Held {
+                approval_hold: hold,
+            },
+            &original,
+        ),
+        proxy,
+        &m.spec,
     );
     d.status = proxy.status.clone();
     d

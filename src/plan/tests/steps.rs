@@ -107,24 +107,119 @@ fn the_template_round_trips() {
     let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = scm(json!({}));
     let original = record_original(&m.spec, &d, None, &m).expect("record");
-    let migrated = with_rollout(
-        migrate_template(&d, &m.spec),
-        Rollout::Held {
-            approval_hold: true,
-        },
-        &original,
+    let migrated = render::with_original_env(
+        with_rollout(
+            migrate_template(&d, &m.spec),
+            Rollout::Held {
+                approval_hold: true,
+            },
+            &original,
+        ),
+        &d,
+        &m.spec,
     );
     assert_eq!(
         migrate_template(&migrated, &m.spec),
         migrated,
         "migrating twice changes nothing"
     );
-    let back = with_rollout(
+    let back = render::without_original_env(with_rollout(
         restore_template(&migrated, &m.spec, &original),
         Rollout::Original,
         &original,
-    );
+    ));
     assert_eq!(back, d, "rollback restores the sidecar rendering exactly");
+    // Before the first write (a crash right after status was written), the
+    // live Deployment itself supplies the values.
+    assert_eq!(
+        with_rollout(
+            restore_template(&d, &m.spec, &original),
+            Rollout::Original,
+            &original
+        ),
+        d
+    );
+}
+
+#[test]
+fn no_literal_env_value_is_recorded_in_status() {
+    let mut d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
+    let secret = "s3cr3t-Pg-pw";
+    if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        for c in &mut pod.containers {
+            c.env
+                .get_or_insert_with(Vec::new)
+                .push(k8s_openapi::api::core::v1::EnvVar {
+                    name: "KONG_PG_PASSWORD".into(),
+                    value: Some(secret.into()),
+                    ..Default::default()
+                });
+        }
+    }
+    let m = in_phase(json!({}), Phase::DisablingSidecar, &d);
+    let p = plan(
+        &m,
+        &Observed {
+            proxy: Some(d.clone()),
+            ..Default::default()
+        },
+        now(),
+    );
+    let status = serde_json::to_string(&p.status).expect("status");
+    for leaked in [secret, "https://localhost:8444", "kong/kong-kong-proxy"] {
+        assert!(!status.contains(leaked), "{leaked} in {status}");
+    }
+    // The value travels on the Deployment, in the write that removes the sidecar.
+    let Some(Action::ReplaceProxy(written)) = p.actions.first() else {
+        panic!("{:?}", p.actions)
+    };
+    let annotation = written
+        .annotations()
+        .get(ORIGINAL_ENV_ANNOTATION)
+        .expect("annotation");
+    assert!(annotation.contains(secret));
+    // The controller gets the sidecar's values from it; rollback too.
+    let original = p.status.original.clone().expect("original");
+    let ctrl = controller_objects(&m, written, &original).expect("controller");
+    let env = &ctrl
+        .deployment
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod")
+        .containers[0]
+        .env;
+    assert!(
+        env.iter()
+            .flatten()
+            .any(|e| e.value.as_deref() == Some(secret))
+    );
+    let back = restore_template(written, &m.spec, &original);
+    let sidecar = &back
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod")
+        .containers[0];
+    assert!(
+        sidecar
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.value.as_deref() == Some(secret))
+    );
+    // Without the annotation and with the sidecar gone, nothing is guessed.
+    let stripped = render::without_original_env((**written).clone());
+    assert!(
+        render::original_unreadable(&original, &stripped, &m.spec)
+            .is_some_and(|why| why.contains("KONG_PG_PASSWORD") || why.contains("CONTROLLER_"))
+    );
 }
 
 #[test]
