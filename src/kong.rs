@@ -121,14 +121,18 @@ pub fn url_is_loopback(url: &str) -> bool {
     is_loopback(host)
 }
 
-/// KONG_ADMIN_LISTEN rewritten to listen on all interfaces, as the chart
-/// renders it for Gateway Discovery. Flags (`http2 ssl`, ...) are kept.
+/// KONG_ADMIN_LISTEN with its TLS entries on all interfaces, as the chart
+/// renders it for Gateway Discovery; flags (`http2 ssl`, ...) are kept. A
+/// plain-HTTP entry stays where it is: KIC always dials https, and Kong OSS's
+/// Admin API has no authentication, so a loopback HTTP listen opened to the
+/// pod network would hand the gateway to every pod that can reach it.
 pub fn admin_listen_all_interfaces(listen: &str) -> String {
     let mut out: Vec<String> = Vec::new();
     for entry in listen.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let (addr, flags) = entry.split_once(' ').unwrap_or((entry, ""));
+        let tls = flags.split_whitespace().any(|f| f == "ssl");
         let addr = match split_host_port(addr) {
-            Some((host, port)) if is_loopback(host) => {
+            Some((host, port)) if tls && is_loopback(host) => {
                 let any = if host.starts_with('[') {
                     "[::]"
                 } else {
@@ -229,7 +233,12 @@ mod tests {
             ("127.0.0.1:8444 ssl", "0.0.0.0:8444 ssl"),
             (
                 "localhost:8001, 127.0.0.1:8444 http2 ssl",
-                "0.0.0.0:8001, 0.0.0.0:8444 http2 ssl",
+                "localhost:8001, 0.0.0.0:8444 http2 ssl",
+            ),
+            ("127.0.0.1:8001", "127.0.0.1:8001"),
+            (
+                "127.0.0.1:8001 reuseport backlog=16384, 127.0.0.1:8444 http2 ssl reuseport backlog=16384",
+                "127.0.0.1:8001 reuseport backlog=16384, 0.0.0.0:8444 http2 ssl reuseport backlog=16384",
             ),
             ("0.0.0.0:8444 http2 ssl", "0.0.0.0:8444 http2 ssl"),
             ("10.0.0.5:8444 ssl", "10.0.0.5:8444 ssl"),

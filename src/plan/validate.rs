@@ -120,6 +120,18 @@ impl Planner<'_> {
                 ),
             );
         }
+        let listen = env_value(proxy_c, kong::ENV_ADMIN_LISTEN)
+            .unwrap_or_else(|| kong::SIDECAR_ADMIN_LISTEN.into());
+        if kong::admin_listen_is_local_only(&kong::admin_listen_all_interfaces(&listen)) {
+            return Outcome::Fail(
+                "AdminListenNotTls",
+                format!(
+                    "the {} container's {} {listen:?} has no TLS (ssl) entry: only a TLS Admin API is opened to the controller (KIC dials https, and a plain-HTTP Admin API has no protection); add an entry such as 127.0.0.1:8444 http2 ssl",
+                    spec.proxy_container(),
+                    kong::ENV_ADMIN_LISTEN
+                ),
+            );
+        }
         let mut warnings = Vec::new();
         let image = spec
             .controller

@@ -389,6 +389,19 @@ fn the_tenant_boundary_is_held_before_anything_changes() {
             "RoleNameTaken",
         ),
         (
+            "an Admin API without a TLS listen",
+            json!({}),
+            Observed {
+                proxy: Some(edited(|p| {
+                    if let Some(e) = p.containers[1].env.as_mut() {
+                        e[0].value = Some("127.0.0.1:8001".into());
+                    }
+                })),
+                ..Default::default()
+            },
+            "AdminListenNotTls",
+        ),
+        (
             "a foreign RoleBinding by the controller's RBAC name",
             json!({}),
             Observed {
