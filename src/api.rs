@@ -82,6 +82,8 @@ pub struct SidecarMigrationSpec {
     pub admin_service: Option<AdminService>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<ControllerSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_api: Option<AdminApi>,
     /// ZeroDowntime keeps a Ready, configured proxy at every instant;
     /// DeleteLegacyPods follows Kong's documented order and admits downtime.
     #[serde(default)]
@@ -129,6 +131,16 @@ pub struct AdminService {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_1035_LABEL))]
     pub name: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminApi {
+    /// A NetworkPolicy that admits the Admin API port (8444) on the gateway
+    /// pods only from the new controller's pods (default true), written
+    /// before the Admin API leaves loopback and removed on rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<bool>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
@@ -195,6 +207,16 @@ impl SidecarMigrationSpec {
             .as_ref()
             .and_then(|c| c.name.clone())
             .unwrap_or_else(|| format!("{}-controller", self.proxy_deployment))
+    }
+    pub fn network_policy(&self) -> bool {
+        self.admin_api
+            .as_ref()
+            .and_then(|a| a.network_policy)
+            .unwrap_or(true)
+    }
+    /// The Admin API NetworkPolicy's name.
+    pub fn network_policy_name(&self) -> String {
+        format!("{}-admin-api", self.controller_name())
     }
     pub fn step_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(u64::from(

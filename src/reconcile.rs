@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
@@ -369,7 +370,7 @@ async fn observe(
 ) -> Result<(Observed, Option<SidecarMigration>), Error> {
     let spec = &scm.spec;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let proxy = deployments.get_opt(&spec.proxy_deployment).await?;
+    let proxy = read(|| deployments.get_opt(&spec.proxy_deployment)).await?;
     let selector: Selector = proxy
         .as_ref()
         .map(plan::selector_labels)
@@ -384,35 +385,40 @@ async fn observe(
         // reactions no faster here, and under tests/faults.rs's 10 % of
         // failing requests the migration no longer finished in 120 s.
         let lp = ListParams::default().labels_from(&selector);
-        let pods = Api::<Pod>::namespaced(client.clone(), ns).list(&lp).await?;
-        let replica_sets = Api::<ReplicaSet>::namespaced(client.clone(), ns)
-            .list(&lp)
-            .await?;
+        let pods_api = Api::<Pod>::namespaced(client.clone(), ns);
+        let pods = read(|| pods_api.list(&lp)).await?;
+        let rs_api = Api::<ReplicaSet>::namespaced(client.clone(), ns);
+        let replica_sets = read(|| rs_api.list(&lp)).await?;
         (pods.items, replica_sets.items)
     };
     let admin = spec.admin_service_name();
-    let admin_service = Api::<Service>::namespaced(client.clone(), ns)
-        .get_opt(&admin)
-        .await?;
-    let admin_slices = Api::<EndpointSlice>::namespaced(client.clone(), ns)
-        .list(
-            &ListParams::default().labels_from(&Selector::from(Expression::Equal(
-                kong::SERVICE_NAME_LABEL.into(),
-                admin.clone(),
-            ))),
-        )
-        .await?
-        .items;
-    let controller = deployments.get_opt(&spec.controller_name()).await?;
-    let controller_role = Api::<Role>::namespaced(client.clone(), ns)
-        .get_opt(&rbac_name(spec))
-        .await?;
-    let controller_role_binding = Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .get_opt(&rbac_name(spec))
-        .await?;
-    let others = Api::<SidecarMigration>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await?;
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    let admin_service = read(|| services.get_opt(&admin)).await?;
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), ns);
+    let by_service = ListParams::default().labels_from(&Selector::from(Expression::Equal(
+        kong::SERVICE_NAME_LABEL.into(),
+        admin.clone(),
+    )));
+    let admin_slices = read(|| slices.list(&by_service)).await?.items;
+    let controller_name = spec.controller_name();
+    let controller = read(|| deployments.get_opt(&controller_name)).await?;
+    let (controller_role, controller_role_binding, network_policies) =
+        if plan::reads_rbac_and_policies(scm) {
+            let rbac = rbac_name(spec);
+            let roles = Api::<Role>::namespaced(client.clone(), ns);
+            let role = read(|| roles.get_opt(&rbac)).await?;
+            let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
+            let binding = read(|| bindings.get_opt(&rbac)).await?;
+            let policies_api = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
+            let all = ListParams::default();
+            let policies = read(|| policies_api.list(&all)).await?.items;
+            (role, binding, policies)
+        } else {
+            (None, None, Vec::new())
+        };
+    let migrations = Api::<SidecarMigration>::namespaced(client.clone(), ns);
+    let all = ListParams::default();
+    let others = read(|| migrations.list(&all)).await?;
     let uid = proxy.as_ref().and_then(|p| p.uid());
     let (fresh, others): (Vec<_>, Vec<_>) = others
         .items
@@ -434,10 +440,29 @@ async fn observe(
         controller,
         controller_role,
         controller_role_binding,
+        network_policies,
         others,
         ..Default::default()
     };
     Ok((observed, fresh.into_iter().next()))
+}
+
+/// A read, asked once more at once if the answer was a transient failure.
+/// Reads change nothing, so repeating one is safe, and a reconcile makes a
+/// dozen of them: without this, one lost answer in ten (tests/faults.rs)
+/// fails most reconciles, and the backoff, not the cluster, sets the pace.
+async fn read<T, F, Fut>(f: F) -> Result<T, kube::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    match f().await {
+        Err(kube::Error::Api(e)) if !(e.code >= 500 || e.code == 429 || e.code == 409) => {
+            Err(kube::Error::Api(e))
+        }
+        Err(_) => f().await,
+        ok => ok,
+    }
 }
 
 fn rbac_name(spec: &SidecarMigrationSpec) -> String {
@@ -507,6 +532,19 @@ async fn execute(
                 .patch(&s.name_any(), &apply, &Patch::Apply(s.as_ref()))
                 .await
                 .map(drop),
+            Action::ApplyNetworkPolicy(n) => Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+                .patch(&n.name_any(), &apply, &Patch::Apply(n.as_ref()))
+                .await
+                .map(drop),
+            Action::DeleteNetworkPolicy(uid) => {
+                Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+                    .delete(
+                        &scm.spec.network_policy_name(),
+                        &only(uid, DeleteParams::default()),
+                    )
+                    .await
+                    .map(drop)
+            }
             Action::ApplyController(objs) => {
                 roles
                     .patch(&objs.role.name_any(), &apply, &Patch::Apply(&objs.role))

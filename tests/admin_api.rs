@@ -32,3 +32,65 @@ async fn a_plain_http_admin_listen_stays_on_loopback() {
     assert_eq!(case.downtime_ms(), 0);
     case.assert_nothing_refused("kong").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_is_kept_for_the_controller_and_the_policy_leaves_on_rollback() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    let policies: kube::Api<NetworkPolicy> = kube::Api::namespaced(case.client.clone(), &case.ns);
+    case.start(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await;
+    case.wait_phase("kong", Phase::AwaitingApproval).await;
+    let policy = policies
+        .get("kong-kong-controller-admin-api")
+        .await
+        .expect("the Admin API NetworkPolicy");
+    let spec = policy.spec.expect("spec");
+    let rules = spec.ingress.unwrap_or_default();
+    let admin_rule = rules
+        .iter()
+        .find(|r| {
+            r.ports.iter().flatten().any(|p| {
+                p.port == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8444))
+            })
+        })
+        .expect("a rule for 8444");
+    let from = serde_json::to_string(&admin_rule.from).expect("json");
+    assert!(
+        from.contains(r#""sidecar-migrator.dev/controller":"kong-kong-controller""#),
+        "{from}"
+    );
+    // The controller's pods carry the label the policy admits.
+    let controller = case
+        .deployments()
+        .get(CONTROLLER)
+        .await
+        .expect("controller");
+    let labels = controller
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("sidecar-migrator.dev/controller")
+            .map(String::as_str),
+        Some(CONTROLLER)
+    );
+    case.set("kong", json!({ "rollback": true })).await;
+    case.wait_phase("kong", Phase::RolledBack).await;
+    assert_rolled_back(&case, 1).await;
+    assert!(
+        policies
+            .get_opt("kong-kong-controller-admin-api")
+            .await
+            .expect("get")
+            .is_none(),
+        "rollback removes the policy"
+    );
+    assert_eq!(case.downtime_ms(), 0);
+    case.assert_nothing_refused("kong").await;
+}

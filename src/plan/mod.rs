@@ -17,6 +17,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -30,7 +31,8 @@ pub use facts::{
     rollout_complete, selector_labels,
 };
 pub use render::{
-    Rollout, admin_service, controller_objects, migrate_template, restore_template, with_rollout,
+    Rollout, admin_network_policy, admin_service, controller_objects, migrate_template,
+    others_select, restore_template, with_rollout,
 };
 use steps::step_done_event;
 pub use steps::step_list;
@@ -51,6 +53,9 @@ pub struct Observed {
     /// Whatever Role and RoleBinding carry the controller's RBAC name, ours or not.
     pub controller_role: Option<Role>,
     pub controller_role_binding: Option<RoleBinding>,
+    /// Every NetworkPolicy in the namespace: ours, and those that already
+    /// restrict the gateway pods.
+    pub network_policies: Vec<NetworkPolicy>,
     /// The other SidecarMigrations in the namespace.
     pub others: Vec<SidecarMigration>,
     /// Whether this migration may start changing things now.
@@ -83,6 +88,9 @@ pub enum Action {
     /// it was computed from, so a concurrent edit fails with a conflict.
     ReplaceProxy(Box<Deployment>),
     ApplyAdminService(Box<Service>),
+    ApplyNetworkPolicy(Box<NetworkPolicy>),
+    /// Delete the Admin API NetworkPolicy with this uid.
+    DeleteNetworkPolicy(String),
     ApplyController(Box<ControllerObjects>),
     /// Delete the controller Deployment, its Role and its RoleBinding: only
     /// those whose uid is given, which were seen to be ours (a same-named
@@ -106,6 +114,10 @@ impl Action {
         match self {
             Action::ReplaceProxy(d) => format!("the update of Deployment {}", d.name_any()),
             Action::ApplyAdminService(s) => format!("the apply of Service {}", s.name_any()),
+            Action::ApplyNetworkPolicy(n) => {
+                format!("the apply of NetworkPolicy {}", n.name_any())
+            }
+            Action::DeleteNetworkPolicy(_) => "the deletion of the Admin API NetworkPolicy".into(),
             Action::ApplyController(o) => format!(
                 "the apply of Deployment {} and its Role and RoleBinding",
                 o.deployment.name_any()
@@ -174,6 +186,24 @@ struct Health {
     stalled: bool,
     reason: String,
     message: String,
+}
+
+/// Whether `plan` may look at the controller's Role and RoleBinding and the
+/// namespace's NetworkPolicies now: only the steps that create, check or
+/// delete them do. The long waits after them skip three reads a reconcile,
+/// which keeps a reconcile likely to finish when requests fail.
+pub fn reads_rbac_and_policies(scm: &SidecarMigration) -> bool {
+    let phase = scm.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    scm.spec.rollback
+        || scm.metadata.deletion_timestamp.is_some()
+        || !matches!(
+            phase,
+            Phase::WaitingForAdminService
+                | Phase::AwaitingApproval
+                | Phase::DeletingLegacyPods
+                | Phase::Succeeded
+                | Phase::RolledBack
+        )
 }
 
 pub fn plan(scm: &SidecarMigration, obs: &Observed, now: Timestamp) -> Plan {

@@ -141,6 +141,16 @@ impl Planner<'_> {
         {
             actions.push(delete);
         }
+        let policy = self.spec.network_policy_name();
+        if let Some(uid) = self
+            .obs
+            .network_policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(policy.as_str()))
+            .and_then(|p| ours_uid(&p.metadata))
+        {
+            actions.push(Action::DeleteNetworkPolicy(uid));
+        }
         if let Some(svc) = &self.obs.admin_service {
             match &original.adopted_admin_service {
                 Some(adopted) => {

@@ -100,6 +100,10 @@ impl Planner<'_> {
             self.status.original = Some(original);
         }
         let mut actions = Vec::new();
+        // Before the Admin API leaves loopback.
+        if let Some(policy) = self.network_policy_to_apply(&proxy) {
+            actions.push(Action::ApplyNetworkPolicy(Box::new(policy)));
+        }
         let desired = with_original_env(
             with_rollout(
                 migrate_template(&proxy, self.spec),
@@ -130,6 +134,29 @@ impl Planner<'_> {
                 self.spec.admin_service_name()
             ),
         )
+    }
+
+    /// The Admin API NetworkPolicy, when the spec asks for it and the live
+    /// one (if any) differs.
+    fn network_policy_to_apply(
+        &self,
+        proxy: &k8s_openapi::api::apps::v1::Deployment,
+    ) -> Option<k8s_openapi::api::networking::v1::NetworkPolicy> {
+        if !self.spec.network_policy() {
+            return None;
+        }
+        let name = self.spec.network_policy_name();
+        let want = super::admin_network_policy(
+            self.scm,
+            proxy,
+            super::others_select(&self.obs.network_policies, proxy, &name),
+        );
+        let live = self
+            .obs
+            .network_policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name.as_str()));
+        (live.map(|l| &l.spec) != Some(&want.spec)).then_some(want)
     }
 
     pub(super) fn approval_hold(&self) -> bool {

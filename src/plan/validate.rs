@@ -217,6 +217,19 @@ impl Planner<'_> {
         {
             return Some(Outcome::Fail("RoleNameTaken", taken("Role", r.name_any())));
         }
+        let policy = self.spec.network_policy_name();
+        if let Some(n) = self
+            .obs
+            .network_policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(policy.as_str()))
+            .filter(|p| self.spec.network_policy() && !is_ours(&p.metadata, self.scm))
+        {
+            return Some(Outcome::Fail(
+                "NetworkPolicyNameTaken",
+                taken("NetworkPolicy", n.name_any()),
+            ));
+        }
         if let Some(b) = &self.obs.controller_role_binding
             && !is_ours(&b.metadata, self.scm)
         {

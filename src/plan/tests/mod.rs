@@ -34,6 +34,12 @@ fn scm(spec: serde_json::Value) -> SidecarMigration {
         .expect("spec object")
         .entry("proxyDeployment")
         .or_insert(json!("kong-kong"));
+    // The Admin API NetworkPolicy has tests of its own (steps.rs); the
+    // others see the actions they always saw.
+    spec.as_object_mut()
+        .expect("spec object")
+        .entry("adminApi")
+        .or_insert(json!({ "networkPolicy": false }));
     let mut m = SidecarMigration::new("migrate", serde_json::from_value(spec).expect("valid spec"));
     m.metadata.namespace = Some(NS.into());
     m.metadata.generation = Some(1);

@@ -484,3 +484,115 @@ fn kong_order_orphans_legacy_replica_sets_and_evicts_one_pod_at_a_time() {
         p.actions
     );
 }
+
+#[test]
+fn the_admin_api_network_policy_comes_first_and_widens_nothing() {
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
+    let spec = json!({ "adminApi": { "networkPolicy": true } });
+    let m = in_phase(spec.clone(), Phase::DisablingSidecar, &d);
+    let applied = |obs: &Observed| {
+        let p = plan(&m, obs, now());
+        match p.actions.first() {
+            Some(Action::ApplyNetworkPolicy(n)) => Some((**n).clone()),
+            _ => None,
+        }
+    };
+    let alone = Observed {
+        proxy: Some(d.clone()),
+        ..Default::default()
+    };
+    let policy = applied(&alone).expect("the policy before the proxy changes");
+    let np = policy.spec.clone().expect("spec");
+    let rules = np.ingress.clone().unwrap_or_default();
+    assert_eq!(
+        np.pod_selector.and_then(|s| s.match_labels),
+        Some(selector_labels(&d))
+    );
+    let from = rules[0].from.clone().unwrap_or_default();
+    assert_eq!(
+        from[0]
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone()),
+        Some(
+            [(
+                CONTROLLER_SELECTOR_LABEL.to_string(),
+                "kong-kong-controller".to_string()
+            )]
+            .into()
+        )
+    );
+    assert_eq!(rules.len(), 2, "every other port stays open to all");
+    assert!(
+        rules[1]
+            .ports
+            .iter()
+            .flatten()
+            .all(|p| p.protocol.as_deref() != Some("TCP")
+                || p.end_port < Some(8444)
+                || matches!(p.port, Some(IntOrString::Int(n)) if n > 8444)),
+        "8444 only from the controller"
+    );
+    // With a default-deny policy in the namespace, only the controller's
+    // access is added: opening the other ports would undo that policy.
+    let deny: NetworkPolicy = serde_json::from_value(
+        json!({ "metadata": { "name": "default-deny" }, "spec": { "podSelector": {}, "policyTypes": ["Ingress"] } }),
+    )
+    .expect("policy");
+    let restricted = Observed {
+        proxy: Some(d.clone()),
+        network_policies: vec![deny],
+        ..Default::default()
+    };
+    let policy = applied(&restricted).expect("policy");
+    assert_eq!(
+        policy.spec.and_then(|s| s.ingress).map(|r| r.len()),
+        Some(1)
+    );
+    // Applied once: the same policy in place is not applied again.
+    let mut live = applied(&alone).expect("policy");
+    live.metadata.uid = Some("np-uid".into());
+    let in_place = Observed {
+        proxy: Some(d.clone()),
+        network_policies: vec![live.clone()],
+        ..Default::default()
+    };
+    assert!(applied(&in_place).is_none());
+    // Rollback deletes it, by uid; a same-named policy of someone else stays.
+    let mut back = in_phase(spec, Phase::RollingBack, &d);
+    back.spec.rollback = true;
+    let p = plan(&back, &in_place, now());
+    assert!(
+        p.actions
+            .contains(&Action::DeleteNetworkPolicy("np-uid".into())),
+        "{:?}",
+        p.actions
+    );
+    let mut foreign = live;
+    foreign.metadata.labels = None;
+    let p = plan(
+        &back,
+        &Observed {
+            proxy: Some(d.clone()),
+            network_policies: vec![foreign.clone()],
+            ..Default::default()
+        },
+        now(),
+    );
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::DeleteNetworkPolicy(_)))
+    );
+    // And a foreign one by that name stops the migration before it starts.
+    let p = plan(
+        &scm(json!({ "adminApi": { "networkPolicy": true } })),
+        &Observed {
+            proxy: Some(d),
+            network_policies: vec![foreign],
+            ..Default::default()
+        },
+        now(),
+    );
+    assert_eq!(cond(&p, "Stalled").reason, "NetworkPolicyNameTaken");
+}
