@@ -192,4 +192,38 @@ async fn a_namespace_tenant_cannot_widen_their_reach_through_the_operator() {
         "{}",
         proxy.name_any()
     );
+
+    // A literal password in the Kong install's env: the tenant's migration
+    // goes on, and what the tenant can read shows no byte of it.
+    let password = "Xq7pgZr41w9Lm";
+    let patch = json!({ "spec": { "template": { "spec": { "containers": [
+        { "name": "proxy", "env": [ { "name": "KONG_PG_PASSWORD", "value": password } ] },
+        { "name": SIDECAR, "env": [ { "name": "KONG_PG_PASSWORD", "value": password } ] }
+    ] } } } });
+    case.deployments()
+        .patch(PROXY, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .expect("a literal password");
+    case.wait_rollout(PROXY).await;
+    Api::<Role>::namespaced(case.client.clone(), &case.ns)
+        .delete(
+            "kong-kong-controller-endpointslices",
+            &DeleteParams::default(),
+        )
+        .await
+        .expect("the foreign Role goes");
+    apply(
+        "legit",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await
+    .expect("admitted");
+    case.wait_phase("legit", Phase::AwaitingApproval).await;
+    let seen = migrations.get("legit").await.expect("the tenant reads it");
+    assert!(seen.status.as_ref().is_some_and(|s| s.original.is_some()));
+    let seen = serde_json::to_string(&seen).expect("json");
+    for window in password.as_bytes().windows(6) {
+        let piece = String::from_utf8_lossy(window);
+        assert!(!seen.contains(piece.as_ref()), "the tenant reads {piece:?}");
+    }
 }
