@@ -402,20 +402,20 @@ async fn observe(
     let admin_slices = read(|| slices.list(&by_service)).await?.items;
     let controller_name = spec.controller_name();
     let controller = read(|| deployments.get_opt(&controller_name)).await?;
-    let (controller_role, controller_role_binding, network_policies) =
-        if plan::reads_rbac_and_policies(scm) {
-            let rbac = rbac_name(spec);
-            let roles = Api::<Role>::namespaced(client.clone(), ns);
-            let role = read(|| roles.get_opt(&rbac)).await?;
-            let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
-            let binding = read(|| bindings.get_opt(&rbac)).await?;
-            let policies_api = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
-            let all = ListParams::default();
-            let policies = read(|| policies_api.list(&all)).await?.items;
-            (role, binding, policies)
-        } else {
-            (None, None, Vec::new())
-        };
+    let skipped_rbac_reads = !plan::reads_rbac_and_policies(scm);
+    let (controller_role, controller_role_binding, network_policies) = if !skipped_rbac_reads {
+        let rbac = rbac_name(spec);
+        let roles = Api::<Role>::namespaced(client.clone(), ns);
+        let role = read(|| roles.get_opt(&rbac)).await?;
+        let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
+        let binding = read(|| bindings.get_opt(&rbac)).await?;
+        let policies_api = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
+        let all = ListParams::default();
+        let policies = read(|| policies_api.list(&all)).await?.items;
+        (role, binding, policies)
+    } else {
+        (None, None, Vec::new())
+    };
     let migrations = Api::<SidecarMigration>::namespaced(client.clone(), ns);
     let all = ListParams::default();
     let others = read(|| migrations.list(&all)).await?;
@@ -441,6 +441,7 @@ async fn observe(
         controller_role,
         controller_role_binding,
         network_policies,
+        skipped_rbac_reads,
         others,
         ..Default::default()
     };

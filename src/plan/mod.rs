@@ -56,6 +56,8 @@ pub struct Observed {
     /// Every NetworkPolicy in the namespace: ours, and those that already
     /// restrict the gateway pods.
     pub network_policies: Vec<NetworkPolicy>,
+    /// The three reads above were skipped ([`reads_rbac_and_policies`]).
+    pub skipped_rbac_reads: bool,
     /// The other SidecarMigrations in the namespace.
     pub others: Vec<SidecarMigration>,
     /// Whether this migration may start changing things now.

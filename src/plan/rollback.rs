@@ -111,6 +111,11 @@ impl Planner<'_> {
                 original,
             )));
         }
+        // A rollback that began in a step which skips these reads (a step
+        // deadline) must not end before it has seen what it has to delete.
+        if self.obs.skipped_rbac_reads {
+            return Outcome::Wait("reading the controller's RBAC and NetworkPolicy".into());
+        }
         let mut actions = Vec::new();
         let ours_uid = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
             is_ours(meta, self.scm).then(|| meta.uid.clone()).flatten()

@@ -146,3 +146,37 @@ fn deletion_rolls_back_an_unfinished_migration_only() {
     let p = plan(&never_started, &Observed::default(), now());
     assert_eq!(p.actions, vec![Action::RemoveFinalizer]);
 }
+
+#[test]
+fn a_rollback_does_not_end_before_it_has_read_what_to_delete() {
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
+    let mut m = in_phase(json!({}), Phase::RollingBack, &d);
+    m.spec.rollback = true;
+    let mut role: Role = serde_json::from_value(json!({ "metadata": {
+        "name": "kong-kong-controller-endpointslices", "uid": "role-uid",
+        "labels": { (MANAGED_BY_LABEL): MANAGED_BY },
+        "annotations": { (MIGRATION_ANNOTATION): "migrate" } } }))
+    .expect("role");
+    role.rules = None;
+    // The proxy Deployment is gone: nothing to restore, only to delete.
+    let skipped = Observed {
+        skipped_rbac_reads: true,
+        ..Default::default()
+    };
+    let p = plan(&m, &skipped, now());
+    assert_eq!(p.status.phase, Phase::RollingBack, "{:?}", p.status.message);
+    let read = Observed {
+        controller_role: Some(role),
+        ..Default::default()
+    };
+    let p = plan(&m, &read, now());
+    assert!(
+        p.actions.contains(&Action::DeleteController {
+            deployment: None,
+            role: Some("role-uid".into()),
+            role_binding: None,
+        }),
+        "{:?}",
+        p.actions
+    );
+}
