@@ -29,6 +29,11 @@ pub const MIGRATION_ANNOTATION: &str = "sidecar-migrator.dev/migration";
 /// Carried by gateway pods rendered for Gateway Discovery; the admin Service
 /// selects on it so the new controller never sees a sidecar pod.
 pub const DISCOVERY_LABEL: &str = "sidecar-migrator.dev/gateway-discovery";
+/// On the proxy Deployment during a migration: the literal env values of the
+/// sidecar and proxy containers as they were (JSON), which status.original
+/// leaves out. Whoever may read this annotation may read the Deployment's
+/// spec, which held those values already; a SidecarMigration's readers may not.
+pub const ORIGINAL_ENV_ANNOTATION: &str = "sidecar-migrator.dev/original-env";
 pub const CONTROLLER_SELECTOR_LABEL: &str = "sidecar-migrator.dev/controller";
 
 pub const DEFAULT_STEP_TIMEOUT_SECONDS: u32 = 600;
@@ -58,6 +63,13 @@ const DNS_1035_LABEL: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
     printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#
 )]
 #[x_kube(
+    // The names derived from proxyDeployment, checked before anything is
+    // changed: a 253-character Deployment name is valid, its `-admin`
+    // Service is not.
+    validation = Rule::new("(has(self.adminService) && has(self.adminService.name)) || (size(self.proxyDeployment) <= 57 && self.proxyDeployment.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))")
+        .message("the default admin Service name <proxyDeployment>-admin would not be a valid Service name (a DNS-1035 label of at most 63 characters): set spec.adminService.name"),
+    validation = Rule::new("(has(self.controller) && has(self.controller.name)) || (size(self.proxyDeployment) <= 52 && self.proxyDeployment.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))")
+        .message("the default controller name <proxyDeployment>-controller would not be a DNS label of at most 63 characters: set spec.controller.name"),
     validation = Rule::new("!(has(self.approved) && self.approved) || (has(self.approval) && self.approval == 'Manual')")
         .message("approved: true needs approval: Manual"),
     validation = Rule::new("self.proxyDeployment == oldSelf.proxyDeployment")
@@ -80,6 +92,8 @@ pub struct SidecarMigrationSpec {
     pub admin_service: Option<AdminService>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<ControllerSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_api: Option<AdminApi>,
     /// ZeroDowntime keeps a Ready, configured proxy at every instant;
     /// DeleteLegacyPods follows Kong's documented order and admits downtime.
     #[serde(default)]
@@ -127,6 +141,16 @@ pub struct AdminService {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_1035_LABEL))]
     pub name: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminApi {
+    /// A NetworkPolicy that admits the Admin API port (8444) on the gateway
+    /// pods only from the new controller's pods (default true), written
+    /// before the Admin API leaves loopback and removed on rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<bool>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
@@ -212,6 +236,16 @@ impl SidecarMigrationSpec {
     }
     pub fn controller_release(&self) -> Option<&str> {
         self.controller.as_ref().and_then(|c| c.release.as_deref())
+    }
+    pub fn network_policy(&self) -> bool {
+        self.admin_api
+            .as_ref()
+            .and_then(|a| a.network_policy)
+            .unwrap_or(true)
+    }
+    /// The Admin API NetworkPolicy's name.
+    pub fn network_policy_name(&self) -> String {
+        format!("{}-admin-api", self.controller_name())
     }
     pub fn step_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(u64::from(
@@ -299,8 +333,11 @@ pub struct StepStatus {
     pub message: Option<String>,
 }
 
-/// What rollback restores, written before the first change. Holds only what
-/// the Deployment spec already held: a secretKeyRef stays a reference.
+/// What rollback restores, written before the first change. No secret: a
+/// secretKeyRef stays a reference, and literal env values are left out (with
+/// `envValuesOnDeployment`): they travel in the proxy Deployment's
+/// `sidecar-migrator.dev/original-env` annotation, set by the same write that
+/// removes the sidecar, so whoever reads this status learns no value.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Original {
@@ -341,6 +378,11 @@ pub struct Original {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     #[schemars(schema_with = "preserve_unknown")]
     pub init_container_env: std::collections::BTreeMap<String, Value>,
+    /// The env lists above carry names only; their literal values are in the
+    /// proxy Deployment's annotation (false: recorded by an older operator,
+    /// values inline).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub env_values_on_deployment: bool,
     /// Set when an existing admin Service was adopted: its selector and ports
     /// as they were (rollback restores them instead of deleting the Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]

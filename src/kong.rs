@@ -123,14 +123,70 @@ pub fn image_version(image: &str) -> Option<Version> {
     })
 }
 
-/// KONG_ADMIN_LISTEN rewritten to listen on all interfaces, as the chart
-/// renders it for Gateway Discovery. Flags (`http2 ssl`, ...) are kept.
+/// An image reference without its tag and digest, with Docker Hub's implied
+/// registry and `library/` spelled out, so `kong`, `library/kong` and
+/// `docker.io/library/kong:3.9` name one repository.
+pub fn image_repository(image: &str) -> String {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let repo = match without_digest.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => without_digest,
+    };
+    let mut parts: Vec<&str> = repo.split('/').collect();
+    let has_registry = parts.len() > 1
+        && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost");
+    if !has_registry {
+        if parts.len() == 1 {
+            parts.insert(0, "library");
+        }
+        parts.insert(0, "docker.io");
+    }
+    parts.join("/").to_ascii_lowercase()
+}
+
+/// The last path segment of an image's repository (`kubernetes-ingress-controller`).
+pub fn image_name(image: &str) -> String {
+    image_repository(image)
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Kong Gateway's images: `kong`, `kong-gateway`, `kong-enterprise-edition`,
+/// and mirrors that keep the name.
+pub fn is_gateway_image(image: &str) -> bool {
+    image_name(image).contains("kong")
+}
+
+/// KIC's image, `kong/kubernetes-ingress-controller`, or a mirror keeping its name.
+pub fn is_controller_image(image: &str) -> bool {
+    image_name(image).contains("ingress-controller")
+}
+
+/// True when a URL (`https://localhost:8444`) points at the pod itself.
+pub fn url_is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match split_host_port(authority) {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    is_loopback(host)
+}
+
+/// KONG_ADMIN_LISTEN with its TLS entries on all interfaces, as the chart
+/// renders it for Gateway Discovery; flags (`http2 ssl`, ...) are kept. A
+/// plain-HTTP entry stays where it is: KIC always dials https, and Kong OSS's
+/// Admin API has no authentication, so a loopback HTTP listen opened to the
+/// pod network would hand the gateway to every pod that can reach it.
 pub fn admin_listen_all_interfaces(listen: &str) -> String {
     let mut out: Vec<String> = Vec::new();
     for entry in listen.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let (addr, flags) = entry.split_once(' ').unwrap_or((entry, ""));
+        let tls = flags.split_whitespace().any(|f| f == "ssl");
         let addr = match split_host_port(addr) {
-            Some((host, port)) if is_loopback(host) => {
+            Some((host, port)) if tls && is_loopback(host) => {
                 let any = if host.starts_with('[') {
                     "[::]"
                 } else {
@@ -231,7 +287,12 @@ mod tests {
             ("127.0.0.1:8444 ssl", "0.0.0.0:8444 ssl"),
             (
                 "localhost:8001, 127.0.0.1:8444 http2 ssl",
-                "0.0.0.0:8001, 0.0.0.0:8444 http2 ssl",
+                "localhost:8001, 0.0.0.0:8444 http2 ssl",
+            ),
+            ("127.0.0.1:8001", "127.0.0.1:8001"),
+            (
+                "127.0.0.1:8001 reuseport backlog=16384, 127.0.0.1:8444 http2 ssl reuseport backlog=16384",
+                "127.0.0.1:8001 reuseport backlog=16384, 0.0.0.0:8444 http2 ssl reuseport backlog=16384",
             ),
             ("0.0.0.0:8444 http2 ssl", "0.0.0.0:8444 http2 ssl"),
             ("10.0.0.5:8444 ssl", "10.0.0.5:8444 ssl"),
@@ -252,6 +313,66 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(admin_listen_is_local_only(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn image_repositories() {
+        let cases = [
+            ("kong", "docker.io/library/kong"),
+            ("kong:3.9", "docker.io/library/kong"),
+            ("library/kong:3.9", "docker.io/library/kong"),
+            ("docker.io/library/kong:3.9", "docker.io/library/kong"),
+            (
+                "kong/kubernetes-ingress-controller:3.4",
+                "docker.io/kong/kubernetes-ingress-controller",
+            ),
+            (
+                "Kong/kubernetes-ingress-controller@sha256:abcd",
+                "docker.io/kong/kubernetes-ingress-controller",
+            ),
+            ("registry.local:5000/kic:3.1.0", "registry.local:5000/kic"),
+            ("registry.local:5000/kic", "registry.local:5000/kic"),
+            ("localhost/kic:1", "localhost/kic"),
+            ("ghcr.io/evil/kic:3.4", "ghcr.io/evil/kic"),
+        ];
+        for (image, want) in cases {
+            assert_eq!(image_repository(image), want, "{image}");
+        }
+    }
+
+    #[test]
+    fn kong_images() {
+        let cases = [
+            ("kong:3.9", true, false),
+            ("kong/kong-gateway:3.9", true, false),
+            (
+                "registry.local/mirror/kong-enterprise-edition:3.4",
+                true,
+                false,
+            ),
+            ("kong/kubernetes-ingress-controller:3.4", false, true),
+            ("busybox:1.36", false, false),
+            ("nginx:1.27", false, false),
+        ];
+        for (image, gateway, controller) in cases {
+            assert_eq!(is_gateway_image(image), gateway, "{image}");
+            assert_eq!(is_controller_image(image), controller, "{image}");
+        }
+    }
+
+    #[test]
+    fn loopback_urls() {
+        let cases = [
+            ("https://localhost:8444", true),
+            ("https://127.0.0.1:8444", true),
+            ("https://[::1]:8444/", true),
+            ("http://localhost", true),
+            ("https://kong-admin.kong:8444", false),
+            ("https://10.0.0.5:8444", false),
+        ];
+        for (url, want) in cases {
+            assert_eq!(url_is_loopback(url), want, "{url}");
         }
     }
 

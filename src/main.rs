@@ -48,6 +48,12 @@ struct RunArgs {
     /// Start at most this many migrations at once; the rest wait in Pending.
     #[arg(long, env = "MAX_CONCURRENT_MIGRATIONS")]
     max_concurrent_migrations: Option<usize>,
+    /// Images (patterns with `*` and `?`, matched against the reference as
+    /// written) that spec.controller.image may name besides the sidecar's own
+    /// repository. The new controller runs with the sidecar's ServiceAccount
+    /// and Secrets: list only images you trust with them.
+    #[arg(long, env = "ALLOWED_CONTROLLER_IMAGES", value_delimiter = ',')]
+    allowed_controller_images: Vec<String>,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_addr: std::net::SocketAddr,
@@ -131,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
                 identity,
                 http: args.http_addr,
                 max_concurrent_migrations: args.max_concurrent_migrations,
+                allowed_controller_images: args.allowed_controller_images,
             };
             operator::run(reconcile::client(kube::Config::infer().await?)?, opts).await?;
         }

@@ -26,6 +26,9 @@ pub struct Options {
     pub http: SocketAddr,
     /// Migrations allowed to be in flight at once; no limit when `None`.
     pub max_concurrent_migrations: Option<usize>,
+    /// Controller images a migration may name beyond the sidecar's own
+    /// repository (`*` and `?` patterns).
+    pub allowed_controller_images: Vec<String>,
 }
 
 /// What the probes report.
@@ -50,12 +53,17 @@ pub async fn serve_and_run(
     let probes = Arc::new(Probes::default());
     info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
     tokio::spawn(serve(listener, probes.clone(), metrics.clone()));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Some(opts.identity.clone()),
-        metrics,
-        reconcile::Slots::new(opts.max_concurrent_migrations),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Some(opts.identity.clone()),
+            metrics,
+            reconcile::Slots::new(opts.max_concurrent_migrations),
+        )
+        .with_policy(crate::plan::Policy {
+            allowed_controller_images: opts.allowed_controller_images.clone(),
+        }),
+    );
 
     let Some((lease_ns, lease_name)) = opts.lease.clone() else {
         controllers(ctx, &opts.namespaces, &probes).await;

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
@@ -51,6 +52,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub slots: Slots,
+    pub policy: plan::Policy,
     /// Failed reconciles in a row, by migration, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -148,8 +150,14 @@ impl Context {
             client,
             metrics,
             slots,
+            policy: plan::Policy::default(),
             failures: Mutex::default(),
         }
+    }
+
+    pub fn with_policy(mut self, policy: plan::Policy) -> Self {
+        self.policy = policy;
+        self
     }
 }
 
@@ -427,6 +435,7 @@ async fn reconcile_once(scm: &SidecarMigration, ctx: &Context) -> Result<Requeue
         return Ok(Requeue::await_change());
     };
     observed.slot = ctx.slots.check(&scm);
+    observed.policy = ctx.policy.clone();
     let plan = plan::plan(&scm, &observed, Timestamp::now());
     execute(&scm, ctx, &ns, plan).await
 }
@@ -439,7 +448,7 @@ async fn observe(
 ) -> Result<(Observed, Option<SidecarMigration>), Error> {
     let spec = &scm.spec;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let proxy = deployments.get_opt(&spec.proxy_deployment).await?;
+    let proxy = read(|| deployments.get_opt(&spec.proxy_deployment)).await?;
     let selector: Selector = proxy
         .as_ref()
         .map(plan::selector_labels)
@@ -454,48 +463,52 @@ async fn observe(
         // reactions no faster here, and under tests/faults.rs's 10 % of
         // failing requests the migration no longer finished in 120 s.
         let lp = ListParams::default().labels_from(&selector);
-        let pods = Api::<Pod>::namespaced(client.clone(), ns).list(&lp).await?;
-        let replica_sets = Api::<ReplicaSet>::namespaced(client.clone(), ns)
-            .list(&lp)
-            .await?;
+        let pods_api = Api::<Pod>::namespaced(client.clone(), ns);
+        let pods = read(|| pods_api.list(&lp)).await?;
+        let rs_api = Api::<ReplicaSet>::namespaced(client.clone(), ns);
+        let replica_sets = read(|| rs_api.list(&lp)).await?;
         (pods.items, replica_sets.items)
     };
     let admin = spec.admin_service_name();
-    let admin_service = Api::<Service>::namespaced(client.clone(), ns)
-        .get_opt(&admin)
-        .await?;
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    let admin_service = read(|| services.get_opt(&admin)).await?;
     // Read only while validating: the warning it feeds is written then.
     let validating = matches!(
         scm.status.as_ref().map(|s| s.phase),
         None | Some(Phase::Pending | Phase::Validating | Phase::Failed)
     );
     let sidecar_only_services = match &proxy {
-        Some(proxy) if validating => plan::sidecar_only_services(
-            spec,
-            proxy,
-            &Api::<Service>::namespaced(client.clone(), ns)
-                .list(&ListParams::default())
-                .await?
-                .items,
-        ),
+        Some(proxy) if validating => {
+            let all = ListParams::default();
+            plan::sidecar_only_services(spec, proxy, &read(|| services.list(&all)).await?.items)
+        }
         _ => Vec::new(),
     };
-    let admin_slices = Api::<EndpointSlice>::namespaced(client.clone(), ns)
-        .list(
-            &ListParams::default().labels_from(&Selector::from(Expression::Equal(
-                kong::SERVICE_NAME_LABEL.into(),
-                admin.clone(),
-            ))),
-        )
-        .await?
-        .items;
-    let controller = deployments.get_opt(&spec.controller_name()).await?;
-    let controller_role = Api::<Role>::namespaced(client.clone(), ns)
-        .get_opt(&rbac_name(spec))
-        .await?;
-    let others = Api::<SidecarMigration>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await?;
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), ns);
+    let by_service = ListParams::default().labels_from(&Selector::from(Expression::Equal(
+        kong::SERVICE_NAME_LABEL.into(),
+        admin.clone(),
+    )));
+    let admin_slices = read(|| slices.list(&by_service)).await?.items;
+    let controller_name = spec.controller_name();
+    let controller = read(|| deployments.get_opt(&controller_name)).await?;
+    let skipped_rbac_reads = !plan::reads_rbac_and_policies(scm);
+    let (controller_role, controller_role_binding, network_policies) = if !skipped_rbac_reads {
+        let rbac = rbac_name(spec);
+        let roles = Api::<Role>::namespaced(client.clone(), ns);
+        let role = read(|| roles.get_opt(&rbac)).await?;
+        let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
+        let binding = read(|| bindings.get_opt(&rbac)).await?;
+        let policies_api = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
+        let all = ListParams::default();
+        let policies = read(|| policies_api.list(&all)).await?.items;
+        (role, binding, policies)
+    } else {
+        (None, None, Vec::new())
+    };
+    let migrations = Api::<SidecarMigration>::namespaced(client.clone(), ns);
+    let all = ListParams::default();
+    let others = read(|| migrations.list(&all)).await?;
     let uid = proxy.as_ref().and_then(|p| p.uid());
     let (fresh, others): (Vec<_>, Vec<_>) = others
         .items
@@ -516,11 +529,32 @@ async fn observe(
         admin_slices,
         sidecar_only_services,
         controller,
-        controller_role: controller_role.filter(|r| plan::is_ours(&r.metadata, scm)),
+        controller_role,
+        controller_role_binding,
+        network_policies,
+        skipped_rbac_reads,
         others,
         ..Default::default()
     };
     Ok((observed, fresh.into_iter().next()))
+}
+
+/// A read, asked once more at once if the answer was a transient failure.
+/// Reads change nothing, so repeating one is safe, and a reconcile makes a
+/// dozen of them: without this, one lost answer in ten (tests/faults.rs)
+/// fails most reconciles, and the backoff, not the cluster, sets the pace.
+async fn read<T, F, Fut>(f: F) -> Result<T, kube::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    match f().await {
+        Err(kube::Error::Api(e)) if !(e.code >= 500 || e.code == 429 || e.code == 409) => {
+            Err(kube::Error::Api(e))
+        }
+        Err(_) => f().await,
+        ok => ok,
+    }
 }
 
 fn rbac_name(spec: &SidecarMigrationSpec) -> String {
@@ -616,6 +650,19 @@ async fn execute(
                     Ok(())
                 }
             }
+            Action::ApplyNetworkPolicy(n) => Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+                .patch(&n.name_any(), &apply, &Patch::Apply(n.as_ref()))
+                .await
+                .map(drop),
+            Action::DeleteNetworkPolicy(uid) => {
+                Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+                    .delete(
+                        &scm.spec.network_policy_name(),
+                        &only(uid, DeleteParams::default()),
+                    )
+                    .await
+                    .map(drop)
+            }
             Action::ApplyController(objs) => {
                 roles
                     .patch(&objs.role.name_any(), &apply, &Patch::Apply(&objs.role))
@@ -636,24 +683,32 @@ async fn execute(
                     .await
                     .map(drop)
             }
-            Action::DeleteController => {
+            Action::DeleteController {
+                deployment,
+                role,
+                role_binding,
+            } => {
                 let rbac = rbac_name(&scm.spec);
-                ignore_missing(
-                    deployments
-                        .delete(&scm.spec.controller_name(), &DeleteParams::foreground())
+                if let Some(uid) = deployment {
+                    let dp = only(uid, DeleteParams::foreground());
+                    ignore_missing(
+                        deployments
+                            .delete(&scm.spec.controller_name(), &dp)
+                            .await
+                            .map(drop),
+                    )?;
+                }
+                if let Some(uid) = role_binding {
+                    let dp = only(uid, DeleteParams::default());
+                    ignore_missing(bindings.delete(&rbac, &dp).await.map(drop))?;
+                }
+                match role {
+                    Some(uid) => roles
+                        .delete(&rbac, &only(uid, DeleteParams::default()))
                         .await
                         .map(drop),
-                )?;
-                ignore_missing(
-                    bindings
-                        .delete(&rbac, &DeleteParams::default())
-                        .await
-                        .map(drop),
-                )?;
-                roles
-                    .delete(&rbac, &DeleteParams::default())
-                    .await
-                    .map(drop)
+                    None => Ok(()),
+                }
             }
             Action::DeleteAdminService => services
                 .delete(&scm.spec.admin_service_name(), &DeleteParams::default())
@@ -748,6 +803,16 @@ async fn set_finalizers(
     )
     .await
     .map(drop)
+}
+
+/// Deletes only the object with this uid: one re-created under the same name
+/// by someone else is not the one the plan saw as ours.
+fn only(uid: &str, mut dp: DeleteParams) -> DeleteParams {
+    dp.preconditions = Some(kube::api::Preconditions {
+        uid: Some(uid.to_string()),
+        resource_version: None,
+    });
+    dp
 }
 
 fn ignore_missing(r: Result<(), kube::Error>) -> Result<(), kube::Error> {

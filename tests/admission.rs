@@ -131,6 +131,21 @@ fn invalid_specs() -> Vec<(String, Value)> {
     set(&mut approved, "/approval", json!("Automatic"));
     set(&mut approved, "/approved", json!(true));
     specs.push(("approved without approval: Manual".into(), approved));
+    // Names derived from proxyDeployment that no object can carry.
+    for (proxy, drop) in [
+        ("a".repeat(253), vec!["adminService", "controller"]),
+        ("a".repeat(58), vec!["adminService"]),
+        ("a".repeat(53), vec!["controller"]),
+        ("kong.kong".to_string(), vec!["adminService"]),
+        ("1kong".to_string(), vec!["adminService"]),
+    ] {
+        let mut spec = base();
+        set(&mut spec, "/proxyDeployment", json!(proxy));
+        for key in &drop {
+            spec.as_object_mut().expect("object").remove(*key);
+        }
+        specs.push((format!("proxyDeployment {proxy:?} without {drop:?}"), spec));
+    }
     let mut missing = base();
     missing
         .as_object_mut()

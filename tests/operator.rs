@@ -101,6 +101,7 @@ impl Replica {
             identity: identity.into(),
             http: addr,
             max_concurrent_migrations: None,
+            allowed_controller_images: Vec::new(),
         };
         let client = as_user(case, user).await;
         let task = tokio::spawn(operator::serve_and_run(client, opts, listener));
@@ -324,6 +325,7 @@ async fn readyz_waits_for_the_watches_to_sync() {
         identity: "unready".into(),
         http: addr,
         max_concurrent_migrations: None,
+        allowed_controller_images: Vec::new(),
     };
     let task = tokio::spawn(operator::serve_and_run(
         reconcile::client(config).expect("client"),
@@ -347,6 +349,7 @@ async fn readyz_waits_for_the_watches_to_sync() {
         identity: "ready".into(),
         http: addr,
         max_concurrent_migrations: None,
+        allowed_controller_images: Vec::new(),
     };
     let client = reconcile::client(case.cp.config().await.expect("config")).expect("client");
     let task = tokio::spawn(operator::serve_and_run(client, opts, listener));
@@ -387,6 +390,7 @@ async fn a_namespace_scoped_operator_needs_only_a_rolebinding_there() {
         identity: "scoped".into(),
         http: listener.local_addr().expect("addr"),
         max_concurrent_migrations: None,
+        allowed_controller_images: Vec::new(),
     };
     let task = tokio::spawn(operator::serve_and_run(
         as_user(&case, &user).await,
@@ -411,6 +415,7 @@ async fn beyond_max_concurrent_migrations_the_rest_wait_in_pending() {
         identity: "limited".into(),
         http: listener.local_addr().expect("addr"),
         max_concurrent_migrations: Some(1),
+        allowed_controller_images: Vec::new(),
     };
     let client = reconcile::client(first.cp.config().await.expect("config")).expect("client");
     let task = tokio::spawn(operator::serve_and_run(client, opts, listener));

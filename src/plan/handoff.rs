@@ -12,10 +12,15 @@ use super::helm_release;
 
 /// The releases' values and commands, when the proxy Deployment is a Helm
 /// release's; None otherwise (nothing to hand over to).
-pub fn handoff(scm: &SidecarMigration, proxy: &Deployment, original: &Original) -> Option<Handoff> {
+/// `sidecar` is the sidecar container with its env values (status.original
+/// keeps none of them).
+pub fn handoff(
+    scm: &SidecarMigration,
+    proxy: &Deployment,
+    sidecar: Option<&Container>,
+) -> Option<Handoff> {
     let (release, namespace) = helm_release(&proxy.metadata)?;
     let spec = &scm.spec;
-    let sidecar: Option<Container> = serde_json::from_value(original.sidecar.clone()).ok();
     let mut notes = Vec::new();
     let controller_release = match spec.controller_release() {
         Some(r) => r.to_string(),
@@ -55,7 +60,6 @@ pub fn handoff(scm: &SidecarMigration, proxy: &Deployment, original: &Original) 
     // chart does; without it the release publishes <release>-kong-proxy,
     // which does not exist.
     match sidecar
-        .as_ref()
         .and_then(|c| env_value(c, "CONTROLLER_PUBLISH_SERVICE"))
         .and_then(|s| s.split_once('/').map(|(_, name)| name.to_string()))
     {
@@ -69,7 +73,7 @@ pub fn handoff(scm: &SidecarMigration, proxy: &Deployment, original: &Original) 
         .controller
         .as_ref()
         .and_then(|c| c.image.clone())
-        .or_else(|| sidecar.as_ref().and_then(|c| c.image.clone()));
+        .or_else(|| sidecar.and_then(|c| c.image.clone()));
     if let Some((repository, tag)) = image
         .as_deref()
         .filter(|i| !i.contains('@'))

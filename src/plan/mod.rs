@@ -18,6 +18,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -32,7 +33,8 @@ pub use facts::{
 };
 pub use handoff::handoff;
 pub use render::{
-    Rollout, admin_service, controller_objects, migrate_template, restore_template, with_rollout,
+    Rollout, admin_network_policy, admin_service, controller_objects, migrate_template,
+    others_select, restore_template, with_rollout,
 };
 use steps::step_done_event;
 pub use steps::step_list;
@@ -51,14 +53,31 @@ pub struct Observed {
     pub admin_slices: Vec<EndpointSlice>,
     /// Whatever Deployment carries the controller name, ours or not.
     pub controller: Option<Deployment>,
+    /// Whatever Role and RoleBinding carry the controller's RBAC name, ours or not.
     pub controller_role: Option<Role>,
     /// Services of the namespace that select the proxy's pods only for a
     /// port the sidecar alone declares (see `sidecar_only_services`).
     pub sidecar_only_services: Vec<(String, String)>,
+    pub controller_role_binding: Option<RoleBinding>,
+    /// Every NetworkPolicy in the namespace: ours, and those that already
+    /// restrict the gateway pods.
+    pub network_policies: Vec<NetworkPolicy>,
+    /// The three reads above were skipped ([`reads_rbac_and_policies`]).
+    pub skipped_rbac_reads: bool,
     /// The other SidecarMigrations in the namespace.
     pub others: Vec<SidecarMigration>,
     /// Whether this migration may start changing things now.
     pub slot: Slot,
+    pub policy: Policy,
+}
+
+/// What the operator was started with that limits what a migration may ask.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    /// `--allowed-controller-images`: patterns (`*`, `?`) an image in
+    /// spec.controller.image may match when it is not the sidecar's own
+    /// repository. Empty: only the sidecar's repository.
+    pub allowed_controller_images: Vec<String>,
 }
 
 /// `--max-concurrent-migrations`: how many may be in flight at once.
@@ -77,9 +96,18 @@ pub enum Action {
     /// it was computed from, so a concurrent edit fails with a conflict.
     ReplaceProxy(Box<Deployment>),
     ApplyAdminService(Box<Service>),
+    ApplyNetworkPolicy(Box<NetworkPolicy>),
+    /// Delete the Admin API NetworkPolicy with this uid.
+    DeleteNetworkPolicy(String),
     ApplyController(Box<ControllerObjects>),
-    /// Delete the controller Deployment and its Role and RoleBinding.
-    DeleteController,
+    /// Delete the controller Deployment, its Role and its RoleBinding: only
+    /// those whose uid is given, which were seen to be ours (a same-named
+    /// object someone else made meanwhile has another uid and stays).
+    DeleteController {
+        deployment: Option<String>,
+        role: Option<String>,
+        role_binding: Option<String>,
+    },
     DeleteAdminService,
     /// Delete a ReplicaSet but leave its pods, so that evicted legacy pods are
     /// not replaced (Kong's documented order only).
@@ -94,11 +122,17 @@ impl Action {
         match self {
             Action::ReplaceProxy(d) => format!("the update of Deployment {}", d.name_any()),
             Action::ApplyAdminService(s) => format!("the apply of Service {}", s.name_any()),
+            Action::ApplyNetworkPolicy(n) => {
+                format!("the apply of NetworkPolicy {}", n.name_any())
+            }
+            Action::DeleteNetworkPolicy(_) => "the deletion of the Admin API NetworkPolicy".into(),
             Action::ApplyController(o) => format!(
                 "the apply of Deployment {} and its Role and RoleBinding",
                 o.deployment.name_any()
             ),
-            Action::DeleteController => "the deletion of the controller Deployment".into(),
+            Action::DeleteController { .. } => {
+                "the deletion of the controller Deployment and its RBAC".into()
+            }
             Action::DeleteAdminService => "the deletion of the admin Service".into(),
             Action::OrphanReplicaSet(rs) => format!("the deletion of ReplicaSet {rs}"),
             Action::EvictPod(pod) => format!("the eviction of pod {pod}"),
@@ -160,6 +194,24 @@ struct Health {
     stalled: bool,
     reason: String,
     message: String,
+}
+
+/// Whether `plan` may look at the controller's Role and RoleBinding and the
+/// namespace's NetworkPolicies now: only the steps that create, check or
+/// delete them do. The long waits after them skip three reads a reconcile,
+/// which keeps a reconcile likely to finish when requests fail.
+pub fn reads_rbac_and_policies(scm: &SidecarMigration) -> bool {
+    let phase = scm.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    scm.spec.rollback
+        || scm.metadata.deletion_timestamp.is_some()
+        || !matches!(
+            phase,
+            Phase::WaitingForAdminService
+                | Phase::AwaitingApproval
+                | Phase::DeletingLegacyPods
+                | Phase::Succeeded
+                | Phase::RolledBack
+        )
 }
 
 pub fn plan(scm: &SidecarMigration, obs: &Observed, now: Timestamp) -> Plan {
@@ -385,7 +437,16 @@ impl<'a> Planner<'a> {
         );
         self.status.message = Some(message.clone());
         if let (Some(proxy), Some(original)) = (&self.obs.proxy, &self.status.original) {
-            self.status.handoff = handoff(self.scm, proxy, original);
+            // The controller runs the sidecar's container, values included;
+            // before it exists the proxy Deployment still holds them.
+            let sidecar = self
+                .obs
+                .controller
+                .as_ref()
+                .and_then(|d| d.spec.as_ref()?.template.spec.as_ref()?.containers.first())
+                .cloned()
+                .or_else(|| render::original_sidecar(original, proxy, self.spec).ok());
+            self.status.handoff = handoff(self.scm, proxy, sidecar.as_ref());
         }
         self.transition(Phase::Succeeded, false, "MigrationSucceeded", message);
         self.health_for_phase()

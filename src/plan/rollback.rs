@@ -3,7 +3,9 @@
 use crate::api::*;
 
 use super::facts::rollout_summary;
-use super::render::{adopted_service_restored, service_matches};
+use super::render::{
+    adopted_service_restored, original_unreadable, service_matches, without_original_env,
+};
 use super::{
     Action, Health, IDLE_RECHECK, Outcome, Planner, Rollout, has_container, is_ours,
     restore_template, rollout_complete, with_rollout,
@@ -110,6 +112,9 @@ impl Planner<'_> {
         let spec = self.spec;
         let mut restored = None;
         if let Some(proxy) = &self.obs.proxy {
+            if let Some(why) = original_unreadable(original, proxy, spec) {
+                return Outcome::Wait(why);
+            }
             let template = restore_template(proxy, spec, original);
             if template != *proxy {
                 let held = with_rollout(
@@ -140,16 +145,56 @@ impl Planner<'_> {
                     rollout_summary(proxy)
                 ));
             }
-            restored = Some(with_rollout(template, Rollout::Original, original));
+            restored = Some(without_original_env(with_rollout(
+                template,
+                Rollout::Original,
+                original,
+            )));
+        }
+        // A rollback that began in a step which skips these reads (a step
+        // deadline) must not end before it has seen what it has to delete.
+        if self.obs.skipped_rbac_reads {
+            return Outcome::Wait("reading the controller's RBAC and NetworkPolicy".into());
         }
         let mut actions = Vec::new();
-        let controller_ours = self
+        let ours_uid = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            is_ours(meta, self.scm).then(|| meta.uid.clone()).flatten()
+        };
+        let delete = Action::DeleteController {
+            deployment: self
+                .obs
+                .controller
+                .as_ref()
+                .and_then(|d| ours_uid(&d.metadata)),
+            role: self
+                .obs
+                .controller_role
+                .as_ref()
+                .and_then(|r| ours_uid(&r.metadata)),
+            role_binding: self
+                .obs
+                .controller_role_binding
+                .as_ref()
+                .and_then(|b| ours_uid(&b.metadata)),
+        };
+        if let Action::DeleteController {
+            deployment,
+            role,
+            role_binding,
+        } = &delete
+            && (deployment.is_some() || role.is_some() || role_binding.is_some())
+        {
+            actions.push(delete);
+        }
+        let policy = self.spec.network_policy_name();
+        if let Some(uid) = self
             .obs
-            .controller
-            .as_ref()
-            .is_some_and(|c| is_ours(&c.metadata, self.scm));
-        if controller_ours || self.obs.controller_role.is_some() {
-            actions.push(Action::DeleteController);
+            .network_policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(policy.as_str()))
+            .and_then(|p| ours_uid(&p.metadata))
+        {
+            actions.push(Action::DeleteNetworkPolicy(uid));
         }
         if let Some(svc) = &self.obs.admin_service {
             match &original.adopted_admin_service {

@@ -10,7 +10,9 @@ use crate::kong;
 use super::facts::{
     container_started, controller_owner, legacy_pod_names, rollout_summary, rs_template_has,
 };
-use super::render::{record_original, service_matches};
+use super::render::{
+    original_unreadable, record_original, service_matches, with_original_env, without_original_env,
+};
 use super::{
     Action, Outcome, Planner, Rollout, admin_service, controller_objects, deployment_available,
     has_container, listed_pods, migrate_template, pod_ready, rollout_complete, with_rollout,
@@ -100,12 +102,20 @@ impl Planner<'_> {
             self.status.original = Some(original);
         }
         let mut actions = Vec::new();
-        let desired = with_rollout(
-            migrate_template(&proxy, self.spec),
-            Rollout::Held {
-                approval_hold: self.approval_hold(),
-            },
-            self.original(),
+        // Before the Admin API leaves loopback.
+        if let Some(policy) = self.network_policy_to_apply(&proxy) {
+            actions.push(Action::ApplyNetworkPolicy(Box::new(policy)));
+        }
+        let desired = with_original_env(
+            with_rollout(
+                migrate_template(&proxy, self.spec),
+                Rollout::Held {
+                    approval_hold: self.approval_hold(),
+                },
+                self.original(),
+            ),
+            &proxy,
+            self.spec,
         );
         if desired != proxy {
             actions.push(Action::ReplaceProxy(Box::new(desired)));
@@ -126,6 +136,29 @@ impl Planner<'_> {
                 self.spec.admin_service_name()
             ),
         )
+    }
+
+    /// The Admin API NetworkPolicy, when the spec asks for it and the live
+    /// one (if any) differs.
+    fn network_policy_to_apply(
+        &self,
+        proxy: &k8s_openapi::api::apps::v1::Deployment,
+    ) -> Option<k8s_openapi::api::networking::v1::NetworkPolicy> {
+        if !self.spec.network_policy() {
+            return None;
+        }
+        let name = self.spec.network_policy_name();
+        let want = super::admin_network_policy(
+            self.scm,
+            proxy,
+            super::others_select(&self.obs.network_policies, proxy, &name),
+        );
+        let live = self
+            .obs
+            .network_policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name.as_str()));
+        (live.map(|l| &l.spec) != Some(&want.spec)).then_some(want)
     }
 
     pub(super) fn approval_hold(&self) -> bool {
@@ -156,9 +189,28 @@ impl Planner<'_> {
         let Some(proxy) = &self.obs.proxy else {
             return Outcome::Wait(format!("Deployment {} is gone", self.spec.proxy_deployment));
         };
-        if self.obs.controller.is_some() && self.obs.controller_role.is_some() {
+        // Checked again here, not only in Validating: a same-named object
+        // someone made since would otherwise be force-applied over.
+        if let Some(taken) = self.foreign_controller_object() {
+            return taken;
+        }
+        let ours = |m: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
+            m.is_some_and(|m| super::is_ours(m, self.scm))
+        };
+        if ours(self.obs.controller.as_ref().map(|d| &d.metadata))
+            && ours(self.obs.controller_role.as_ref().map(|r| &r.metadata))
+            && ours(
+                self.obs
+                    .controller_role_binding
+                    .as_ref()
+                    .map(|b| &b.metadata),
+            )
+        {
             self.status.controller_deployment = Some(self.spec.controller_name());
             return Outcome::Done;
+        }
+        if let Some(why) = original_unreadable(self.original(), proxy, self.spec) {
+            return Outcome::Fail("OriginalUnreadable", why);
         }
         // KIC 3.4.0-3.4.3 exit at once on a listed Admin API that does not
         // answer yet, then back off for 10 s and more; and KIC >= 3.4.4 give
@@ -329,7 +381,10 @@ impl Planner<'_> {
         }
         // No legacy pod left: the label no longer needs to tell pods apart and
         // the user's rollout settings come back.
-        let finished = with_rollout(migrated, Rollout::Original, self.original());
+        // The original env values are no longer needed: nothing rolls back
+        // a finished migration.
+        let finished =
+            without_original_env(with_rollout(migrated, Rollout::Original, self.original()));
         let mut actions = Vec::new();
         if finished != proxy {
             actions.push(Action::ReplaceProxy(Box::new(finished)));

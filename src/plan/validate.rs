@@ -15,6 +15,11 @@ impl Planner<'_> {
     pub(super) fn validate(&mut self) -> Outcome {
         let spec = self.spec;
         let name = &spec.proxy_deployment;
+        // Before any read: a name that cannot exist would fail a write after
+        // the proxy Deployment had already been changed.
+        if let Some(problem) = derived_name_problem(spec) {
+            return Outcome::Fail("NameTooLong", problem);
+        }
         let Some(proxy) = &self.obs.proxy else {
             return Outcome::Fail(
                 "ProxyDeploymentNotFound",
@@ -56,6 +61,9 @@ impl Planner<'_> {
                 ),
             );
         };
+        if let Some(problem) = not_a_kong_gateway(spec, name, proxy_c) {
+            return Outcome::Fail("NotAKongInstall", problem);
+        }
         let Some(sidecar) = pod
             .containers
             .iter()
@@ -77,16 +85,17 @@ impl Planner<'_> {
                 ))
             };
         };
-        if let Some(c) = &self.obs.controller
-            && !is_ours(&c.metadata, self.scm)
-        {
-            return Outcome::Fail(
-                "ControllerNameTaken",
-                format!(
-                    "Deployment {} exists and was not made by this SidecarMigration: set spec.controller.name to a free name",
-                    c.name_any()
-                ),
-            );
+        if let Some(problem) = not_a_kic_sidecar(spec, name, proxy_c, sidecar) {
+            return Outcome::Fail("NotAKongInstall", problem);
+        }
+        if let Some(problem) = controller_image_problem(spec, sidecar, &self.obs.policy) {
+            return Outcome::Fail("ControllerImageNotAllowed", problem);
+        }
+        if let Some(taken) = self.foreign_controller_object() {
+            return taken;
+        }
+        if let Some(problem) = self.foreign_admin_service(proxy) {
+            return Outcome::Fail("AdminServiceNotKong", problem);
         }
         if selector_labels(proxy).is_empty() {
             return Outcome::Fail(
@@ -126,6 +135,18 @@ impl Planner<'_> {
                     ),
                 );
             }
+        }
+        let listen = env_value(proxy_c, kong::ENV_ADMIN_LISTEN)
+            .unwrap_or_else(|| kong::SIDECAR_ADMIN_LISTEN.into());
+        if kong::admin_listen_is_local_only(&kong::admin_listen_all_interfaces(&listen)) {
+            return Outcome::Fail(
+                "AdminListenNotTls",
+                format!(
+                    "the {} container's {} {listen:?} has no TLS (ssl) entry: only a TLS Admin API is opened to the controller (KIC dials https, and a plain-HTTP Admin API has no protection); add an entry such as 127.0.0.1:8444 http2 ssl",
+                    spec.proxy_container(),
+                    kong::ENV_ADMIN_LISTEN
+                ),
+            );
         }
         let mut warnings = Vec::new();
         let image = spec
@@ -200,6 +221,96 @@ impl Planner<'_> {
         Outcome::Done
     }
 
+    /// A controller Deployment, Role or RoleBinding by the names the
+    /// migration would write that it did not make: writing it would take
+    /// over someone else's object, deleting it on rollback would destroy it.
+    pub(super) fn foreign_controller_object(&self) -> Option<Outcome> {
+        let taken = |kind: &str, name: String| {
+            format!(
+                "{kind} {name} exists and was not made by this SidecarMigration; the operator neither overwrites nor deletes it: set spec.controller.name to a free name, or delete {kind} {name} if it is a leftover"
+            )
+        };
+        if let Some(c) = &self.obs.controller
+            && !is_ours(&c.metadata, self.scm)
+        {
+            return Some(Outcome::Fail(
+                "ControllerNameTaken",
+                taken("Deployment", c.name_any()),
+            ));
+        }
+        if let Some(r) = &self.obs.controller_role
+            && !is_ours(&r.metadata, self.scm)
+        {
+            return Some(Outcome::Fail("RoleNameTaken", taken("Role", r.name_any())));
+        }
+        let policy = self.spec.network_policy_name();
+        if let Some(n) = self
+            .obs
+            .network_policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(policy.as_str()))
+            .filter(|p| self.spec.network_policy() && !is_ours(&p.metadata, self.scm))
+        {
+            return Some(Outcome::Fail(
+                "NetworkPolicyNameTaken",
+                taken("NetworkPolicy", n.name_any()),
+            ));
+        }
+        if let Some(b) = &self.obs.controller_role_binding
+            && !is_ours(&b.metadata, self.scm)
+        {
+            return Some(Outcome::Fail(
+                "RoleBindingNameTaken",
+                taken("RoleBinding", b.name_any()),
+            ));
+        }
+        None
+    }
+
+    /// An existing Service by the admin Service's name is adopted only when
+    /// it demonstrably fronts this Kong install: its selector picks exactly
+    /// the proxy Deployment's pods. Anything else is another app's Service,
+    /// and pointing it at Kong's Admin API would hand that app's clients the
+    /// gateway.
+    fn foreign_admin_service(&self, proxy: &Deployment) -> Option<String> {
+        let svc = self.obs.admin_service.as_ref()?;
+        if is_ours(&svc.metadata, self.scm) {
+            return None;
+        }
+        let name = svc.name_any();
+        let fix = "set spec.adminService.name to a free name (the operator then creates it)";
+        if let Some(other) = svc
+            .annotations()
+            .get(MIGRATION_ANNOTATION)
+            .filter(|o| **o != self.scm.name_any())
+        {
+            return Some(format!(
+                "Service {name} belongs to SidecarMigration {other}: {fix}"
+            ));
+        }
+        let selector = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
+        if selects_exactly(&selector, proxy) {
+            return None;
+        }
+        Some(format!(
+            "Service {name} exists and does not select exactly the pods of Deployment {} (its selector: {}); the operator adopts only the install's own admin Service: {fix}",
+            self.spec.proxy_deployment,
+            if selector.is_empty() {
+                "none".to_string()
+            } else {
+                selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        ))
+    }
+
     /// The oldest other unfinished SidecarMigration of the same Deployment.
     pub(super) fn rival(&self) -> Option<String> {
         let me = (self.scm.creation_timestamp(), self.scm.name_any());
@@ -222,6 +333,137 @@ impl Planner<'_> {
             })
             .map(|o| o.name_any())
     }
+}
+
+/// A selector that every pod of the Deployment carries (a subset of its
+/// template labels) and that only its pods carry (it includes the
+/// Deployment's own selector).
+pub(super) fn selects_exactly(
+    selector: &std::collections::BTreeMap<String, String>,
+    proxy: &Deployment,
+) -> bool {
+    let template = proxy
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let own = selector_labels(proxy);
+    !selector.is_empty()
+        && !own.is_empty()
+        && selector.iter().all(|(k, v)| template.get(k) == Some(v))
+        && own.iter().all(|(k, v)| selector.get(k) == Some(v))
+}
+
+/// The names the migration derives from proxyDeployment must be valid for
+/// the objects they name; explicit names are checked by the schema. The CRD
+/// rejects these at admission too; this catches objects admitted before.
+pub(super) fn derived_name_problem(spec: &SidecarMigrationSpec) -> Option<String> {
+    let proxy = &spec.proxy_deployment;
+    let dns_label = |n: &str, first_letter: bool| {
+        n.len() <= 63
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || (!first_letter && c.is_ascii_digit()))
+            && !n.ends_with('-')
+    };
+    let admin = spec.admin_service_name();
+    if !dns_label(&admin, true) {
+        return Some(format!(
+            "the admin Service name {admin:?} derived from proxyDeployment is not a valid Service name (a DNS-1035 label of at most 63 characters): set spec.adminService.name"
+        ));
+    }
+    let controller = spec.controller_name();
+    if !dns_label(&controller, false) {
+        return Some(format!(
+            "the controller name {controller:?} derived from proxyDeployment {proxy} is not a DNS label of at most 63 characters (it is also a label value): set spec.controller.name"
+        ));
+    }
+    None
+}
+
+/// The Deployment's gateway container must be Kong Gateway by image and by
+/// env, not just by name: the operator rewrites it.
+fn not_a_kong_gateway(spec: &SidecarMigrationSpec, name: &str, c: &Container) -> Option<String> {
+    let image = c.image.clone().unwrap_or_default();
+    let kong_env = c.env.iter().flatten().any(|e| e.name.starts_with("KONG_"));
+    if kong::is_gateway_image(&image) && kong_env {
+        return None;
+    }
+    Some(format!(
+        "container {:?} of Deployment {name} is not Kong Gateway (image {image:?}{}): the operator migrates only a Kong Ingress Controller sidecar install; set spec.proxyDeployment to the kong chart's Deployment, or spec.containers.proxy to its Kong container",
+        spec.proxy_container(),
+        if kong_env { "" } else { ", no KONG_ env" }
+    ))
+}
+
+/// The sidecar must be KIC talking to the Admin API on localhost, by image
+/// and by env.
+fn not_a_kic_sidecar(
+    spec: &SidecarMigrationSpec,
+    name: &str,
+    proxy_c: &Container,
+    sidecar: &Container,
+) -> Option<String> {
+    let image = sidecar.image.clone().unwrap_or_default();
+    let envs: Vec<_> = sidecar.env.iter().flatten().collect();
+    let controller_env = envs.iter().any(|e| e.name.starts_with("CONTROLLER_"));
+    // KIC's default admin URL is http://localhost:8001.
+    let admin_url_local = envs
+        .iter()
+        .find(|e| e.name == kong::ENV_CONTROLLER_ADMIN_URL)
+        .is_none_or(|e| e.value.as_deref().is_some_and(kong::url_is_loopback));
+    let listen = env_value(proxy_c, kong::ENV_ADMIN_LISTEN)
+        .unwrap_or_else(|| kong::SIDECAR_ADMIN_LISTEN.into());
+    let why = if !kong::is_controller_image(&image) {
+        format!("its image {image:?} is not kong/kubernetes-ingress-controller")
+    } else if !controller_env {
+        "it sets no CONTROLLER_ env".to_string()
+    } else if !admin_url_local {
+        format!(
+            "its {} is not a literal localhost URL",
+            kong::ENV_CONTROLLER_ADMIN_URL
+        )
+    } else if !kong::admin_listen_is_local_only(&listen) {
+        format!(
+            "the gateway's {} {listen:?} is not loopback-only, as a sidecar install's is",
+            kong::ENV_ADMIN_LISTEN
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "container {:?} of Deployment {name} is not a Kong Ingress Controller sidecar ({why}): the operator migrates only a KIC sidecar install; set spec.proxyDeployment to the kong chart's Deployment, or spec.containers.controller to its controller container",
+        spec.controller_container()
+    ))
+}
+
+/// The new controller runs with the sidecar's ServiceAccount, env and Secret
+/// volumes: any other image would get the chart's cluster-wide read of
+/// Secrets. So it stays the sidecar's repository (another tag is fine)
+/// unless the operator's own `--allowed-controller-images` admits it.
+fn controller_image_problem(
+    spec: &SidecarMigrationSpec,
+    sidecar: &Container,
+    policy: &super::Policy,
+) -> Option<String> {
+    let wanted = spec.controller.as_ref().and_then(|c| c.image.as_deref())?;
+    let current = sidecar.image.as_deref().unwrap_or_default();
+    if kong::image_repository(wanted) == kong::image_repository(current)
+        || policy
+            .allowed_controller_images
+            .iter()
+            .any(|p| wildmatch::WildMatch::new(p).matches(wanted))
+    {
+        return None;
+    }
+    Some(format!(
+        "spec.controller.image {wanted:?} is not from the sidecar's repository {} and matches no --allowed-controller-images pattern of the operator: the new controller runs with the sidecar's ServiceAccount and Secrets, so its image stays the sidecar's; use a tag of {}, or ask the operator's administrator to allow the image",
+        kong::image_repository(current),
+        kong::image_repository(current)
+    ))
 }
 
 /// Every change the migration will make, for status.plan (dry run too).

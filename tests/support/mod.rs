@@ -328,6 +328,39 @@ impl Case {
         );
     }
 
+    /// Every object in the namespace, by `group/Kind/name`, with its
+    /// resourceVersion: any write changes it. Events and the migrations
+    /// themselves are left out: they are what a refusal writes.
+    pub async fn snapshot(&self) -> std::collections::BTreeMap<String, String> {
+        use kube::api::DynamicObject;
+        use kube::discovery::{Discovery, Scope, verbs};
+        let discovery = Discovery::new(self.client.clone())
+            .run()
+            .await
+            .expect("discovery");
+        let mut out = std::collections::BTreeMap::new();
+        for group in discovery.groups() {
+            for (ar, caps) in group.recommended_resources() {
+                if caps.scope != Scope::Namespaced
+                    || !caps.supports_operation(verbs::LIST)
+                    || ar.kind == "Event"
+                    || ar.kind == "SidecarMigration"
+                {
+                    continue;
+                }
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(self.client.clone(), &self.ns, &ar);
+                for o in api.list(&ListParams::default()).await.expect("list").items {
+                    out.insert(
+                        format!("{}/{}/{}", ar.group, ar.kind, o.name_any()),
+                        o.resource_version().unwrap_or_default(),
+                    );
+                }
+            }
+        }
+        out
+    }
+
     pub async fn controller_exists(&self) -> bool {
         self.deployments()
             .get_opt(CONTROLLER)

@@ -34,7 +34,7 @@ pub fn controller_objects(
     let spec = &scm.spec;
     let ns = scm.namespace().unwrap_or_default();
     let name = spec.controller_name();
-    let mut c: Container = serde_json::from_value(original.sidecar.clone()).ok()?;
+    let mut c: Container = super::original_sidecar(original, proxy, spec).ok()?;
     let pod = proxy.spec.as_ref()?.template.spec.clone()?;
     let env = c.env.get_or_insert_with(Vec::new);
     let sidecar_election = env

@@ -4,6 +4,7 @@
 
 mod admin_service;
 mod controller;
+mod network_policy;
 mod proxy;
 
 use std::collections::BTreeMap;
@@ -16,8 +17,11 @@ use crate::api::*;
 pub use admin_service::admin_service;
 pub(super) use admin_service::{adopted_service_restored, service_matches};
 pub use controller::{controller_objects, discovery_election_id};
-pub(super) use proxy::record_original;
+pub use network_policy::{admin_network_policy, others_select};
 pub use proxy::{Rollout, migrate_template, restore_template, with_rollout};
+pub(super) use proxy::{
+    original_sidecar, original_unreadable, record_original, with_original_env, without_original_env,
+};
 
 pub(super) fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or_default()

@@ -1,9 +1,13 @@
 //! The proxy Deployment as the migration renders it, and as rollback
 //! restores it from the record kept before the first change.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, PodSpec, Service, Volume};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use kube::ResourceExt;
 
 use crate::api::*;
 use crate::kong;
@@ -46,14 +50,20 @@ pub(crate) fn record_original(
         .iter()
         .flatten()
         .filter(|c| carries_sidecar_env(c))
-        .map(|c| (c.name.clone(), to_value(&c.env.clone().unwrap_or_default())))
+        .map(|c| {
+            (
+                c.name.clone(),
+                to_value(&without_values(c.clone()).env.unwrap_or_default()),
+            )
+        })
         .collect();
     Some(Original {
         volumes: pod.volumes.as_ref().map(to_value),
         init_container_env,
-        sidecar: to_value(&containers[index]),
+        sidecar: to_value(&without_values(containers[index].clone())),
         sidecar_index: index as u32,
-        proxy_env: to_value(&proxy_c.env.clone().unwrap_or_default()),
+        proxy_env: to_value(&without_values(proxy_c.clone()).env.unwrap_or_default()),
+        env_values_on_deployment: true,
         proxy_ports: to_value(&proxy_c.ports.clone().unwrap_or_default()),
         proxy_readiness_probe: kong::premature_readiness_path(proxy_c)
             .and(proxy_c.readiness_probe.as_ref())
@@ -63,6 +73,194 @@ pub(crate) fn record_original(
         progress_deadline_seconds: dspec.progress_deadline_seconds,
         adopted_admin_service,
     })
+}
+
+/// The literal env values the record leaves out, by container.
+#[derive(serde::Serialize, serde::Deserialize, Default, Debug, PartialEq)]
+struct EnvValues {
+    sidecar: BTreeMap<String, String>,
+    proxy: BTreeMap<String, String>,
+    /// The init containers the migration rewrites, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    init: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Whose env a recorded list is.
+#[derive(Clone, Copy)]
+enum Owner<'a> {
+    Sidecar(&'a str),
+    Proxy(&'a str),
+    Init(&'a str),
+}
+
+fn without_values(mut c: Container) -> Container {
+    for e in c.env.iter_mut().flatten() {
+        e.value = None;
+    }
+    c
+}
+
+fn literal_values(c: &Container) -> BTreeMap<String, String> {
+    c.env
+        .iter()
+        .flatten()
+        .filter(|e| e.value_from.is_none())
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect()
+}
+
+fn container<'a>(d: &'a Deployment, name: &str) -> Option<&'a Container> {
+    d.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+}
+
+fn init_containers(d: &Deployment) -> impl Iterator<Item = &Container> {
+    d.spec
+        .iter()
+        .filter_map(|s| s.template.spec.as_ref())
+        .flat_map(|p| p.init_containers.iter().flatten())
+}
+
+/// `desired` with the original-env annotation: kept as the live Deployment
+/// has it, or taken from the live Deployment while it still runs the
+/// sidecar (the annotation goes out in the very write that removes it).
+pub(crate) fn with_original_env(
+    mut desired: Deployment,
+    live: &Deployment,
+    spec: &SidecarMigrationSpec,
+) -> Deployment {
+    let value = live
+        .annotations()
+        .get(ORIGINAL_ENV_ANNOTATION)
+        .cloned()
+        .or_else(|| {
+            let sidecar = container(live, spec.controller_container())?;
+            let proxy = container(live, spec.proxy_container())?;
+            serde_json::to_string(&EnvValues {
+                sidecar: literal_values(sidecar),
+                proxy: literal_values(proxy),
+                init: init_containers(live)
+                    .filter(|c| carries_sidecar_env(c))
+                    .map(|c| (c.name.clone(), literal_values(c)))
+                    .collect(),
+            })
+            .ok()
+        });
+    if let Some(value) = value {
+        desired
+            .annotations_mut()
+            .insert(ORIGINAL_ENV_ANNOTATION.into(), value);
+    }
+    desired
+}
+
+pub(crate) fn without_original_env(mut d: Deployment) -> Deployment {
+    if let Some(a) = d.metadata.annotations.as_mut() {
+        a.remove(ORIGINAL_ENV_ANNOTATION);
+        if a.is_empty() {
+            d.metadata.annotations = None;
+        }
+    }
+    d
+}
+
+/// The recorded env with its literal values put back: from the annotation,
+/// or from the live container of that name while it is unchanged (the
+/// Deployment before the first write). Err names a value found nowhere.
+fn filled(
+    recorded: Vec<EnvVar>,
+    original: &Original,
+    live: &Deployment,
+    owner: Owner,
+) -> Result<Vec<EnvVar>, String> {
+    if !original.env_values_on_deployment {
+        return Ok(recorded);
+    }
+    let annotated: Option<EnvValues> = live
+        .annotations()
+        .get(ORIGINAL_ENV_ANNOTATION)
+        .and_then(|v| serde_json::from_str(v).ok());
+    let values = match (annotated, owner) {
+        (Some(v), Owner::Sidecar(_)) => v.sidecar,
+        (Some(v), Owner::Proxy(_)) => v.proxy,
+        (Some(mut v), Owner::Init(name)) => v.init.remove(name).unwrap_or_default(),
+        (None, Owner::Sidecar(name) | Owner::Proxy(name)) => container(live, name)
+            .map(literal_values)
+            .unwrap_or_default(),
+        (None, Owner::Init(name)) => init_containers(live)
+            .find(|c| c.name == name)
+            .map(literal_values)
+            .unwrap_or_default(),
+    };
+    recorded
+        .into_iter()
+        .map(|mut e| {
+            if e.value_from.is_none() {
+                let v = values.get(&e.name).ok_or_else(|| e.name.clone())?;
+                e.value = (!v.is_empty()).then(|| v.clone());
+            }
+            Ok(e)
+        })
+        .collect()
+}
+
+/// The sidecar container as it was, values included.
+pub(crate) fn original_sidecar(
+    original: &Original,
+    live: &Deployment,
+    spec: &SidecarMigrationSpec,
+) -> Result<Container, String> {
+    let mut c: Container = serde_json::from_value(original.sidecar.clone())
+        .map_err(|_| "status.original.sidecar is not a container".to_string())?;
+    let env = filled(
+        c.env.take().unwrap_or_default(),
+        original,
+        live,
+        Owner::Sidecar(spec.controller_container()),
+    )
+    .map_err(|name| missing(name, spec.controller_container()))?;
+    c.env = (!env.is_empty()).then_some(env);
+    Ok(c)
+}
+
+fn original_proxy_env(
+    original: &Original,
+    live: &Deployment,
+    spec: &SidecarMigrationSpec,
+) -> Result<Vec<EnvVar>, String> {
+    let recorded: Vec<EnvVar> =
+        serde_json::from_value(original.proxy_env.clone()).unwrap_or_default();
+    filled(
+        recorded,
+        original,
+        live,
+        Owner::Proxy(spec.proxy_container()),
+    )
+    .map_err(|name| missing(name, spec.proxy_container()))
+}
+
+fn missing(name: String, container: &str) -> String {
+    format!(
+        "the original value of env {name} of container {container} is gone: the annotation {ORIGINAL_ENV_ANNOTATION} was removed from the proxy Deployment; put it back from your records (or the Deployment's previous ReplicaSet) to go on"
+    )
+}
+
+/// Why the original install cannot be rebuilt from the record and the live
+/// Deployment, if it cannot.
+pub(crate) fn original_unreadable(
+    original: &Original,
+    live: &Deployment,
+    spec: &SidecarMigrationSpec,
+) -> Option<String> {
+    original_sidecar(original, live, spec)
+        .and(original_proxy_env(original, live, spec))
+        .err()
 }
 
 /// The proxy Deployment rendered for Gateway Discovery: no sidecar, the Admin
@@ -200,8 +398,7 @@ pub fn restore_template(
         .iter_mut()
         .find(|c| c.name == spec.proxy_container())
     {
-        let env: Vec<EnvVar> =
-            serde_json::from_value(original.proxy_env.clone()).unwrap_or_default();
+        let env = original_proxy_env(original, proxy, spec).unwrap_or_default();
         let ports: Vec<ContainerPort> =
             serde_json::from_value(original.proxy_ports.clone()).unwrap_or_default();
         c.env = (!env.is_empty()).then_some(env);
@@ -216,7 +413,8 @@ pub fn restore_template(
     }
     for c in pod.init_containers.iter_mut().flatten() {
         if let Some(env) = original.init_container_env.get(&c.name) {
-            let env: Vec<EnvVar> = serde_json::from_value(env.clone()).unwrap_or_default();
+            let recorded: Vec<EnvVar> = serde_json::from_value(env.clone()).unwrap_or_default();
+            let env = filled(recorded, original, proxy, Owner::Init(&c.name)).unwrap_or_default();
             c.env = (!env.is_empty()).then_some(env);
         }
     }
@@ -224,7 +422,7 @@ pub fn restore_template(
         .containers
         .iter()
         .any(|c| c.name == spec.controller_container())
-        && let Ok(sidecar) = serde_json::from_value::<Container>(original.sidecar.clone())
+        && let Ok(sidecar) = original_sidecar(original, proxy, spec)
     {
         let at = (original.sidecar_index as usize).min(pod.containers.len());
         pod.containers.insert(at, sidecar);

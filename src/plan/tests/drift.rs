@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn drift_is_reported_not_overwritten() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = in_phase(json!({}), Phase::WaitingForAdminService, &d);
     let mut reverted = d.clone();
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
@@ -54,7 +54,7 @@ fn drift_is_reported_not_overwritten() {
 #[test]
 fn a_widened_admin_service_is_drift_while_legacy_pods_run() {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = in_phase(json!({ "approval": "Manual" }), Phase::AwaitingApproval, &d);
     let proxy = migrated(&d, &m, true);
     let written_by = |manager: &str| {

@@ -37,10 +37,14 @@ fn finished(source: &Deployment) -> Deployment {
         .as_ref()
         .and_then(|s| s.original.clone())
         .expect("recorded");
-    with_rollout(
-        migrate_template(source, &m.spec),
-        Rollout::Original,
-        &original,
+    render::with_original_env(
+        with_rollout(
+            migrate_template(source, &m.spec),
+            Rollout::Original,
+            &original,
+        ),
+        source,
+        &m.spec,
     )
 }
 
@@ -154,7 +158,8 @@ fn the_controller_is_named_and_selected_as_the_controller_release_renders_it() {
             .as_ref()
             .and_then(|s| s.original.clone())
             .expect("recorded");
-        let migrated = migrate_template(&source, &m.spec);
+        let migrated =
+            render::with_original_env(migrate_template(&source, &m.spec), &source, &m.spec);
         let got = controller_objects(&m, &migrated, &original)
             .expect("rendered")
             .deployment;
@@ -238,7 +243,8 @@ fn status_handoff_holds_the_values_the_target_fixtures_were_rendered_from() {
         .as_ref()
         .and_then(|s| s.original.clone())
         .expect("recorded");
-    let h = handoff(&m, &source, &original).expect("a Helm release");
+    let sidecar = render::original_sidecar(&original, &source, &m.spec).expect("sidecar");
+    let h = handoff(&m, &source, Some(&sidecar)).expect("a Helm release");
     assert!(h.notes.is_empty(), "{:?}", h.notes);
     let names: Vec<&str> = h.releases.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
@@ -279,6 +285,7 @@ fn status_handoff_holds_the_values_the_target_fixtures_were_rendered_from() {
     );
     // Without a controller release, the duplicate controller is called out.
     let m = in_phase(json!({}), Phase::DeletingLegacyPods, &source);
-    let h = handoff(&m, &source, &original).expect("a Helm release");
+    let sidecar = render::original_sidecar(&original, &source, &m.spec).expect("sidecar");
+    let h = handoff(&m, &source, Some(&sidecar)).expect("a Helm release");
     assert!(h.notes.iter().any(|n| n.contains("second controller")));
 }

@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn step_timeouts_roll_back_or_hold() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = in_phase(
         json!({ "stepTimeoutSeconds": 60 }),
         Phase::WaitingForAdminService,
@@ -41,7 +41,7 @@ fn step_timeouts_roll_back_or_hold() {
 
 #[test]
 fn pause_stops_and_resume_restarts_the_step_clock() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = in_phase(
         json!({ "paused": true, "stepTimeoutSeconds": 60 }),
         Phase::DisablingSidecar,
@@ -90,7 +90,7 @@ fn conditions_keep_their_transition_time_while_unchanged() {
 #[test]
 fn without_a_free_slot_a_migration_waits_in_pending() {
     let obs = Observed {
-        proxy: Some(sidecar_deployment("kic:3.4")),
+        proxy: Some(sidecar_deployment("kong/kubernetes-ingress-controller:3.4")),
         slot: Slot::Taken { limit: 2 },
         ..Default::default()
     };

@@ -35,6 +35,12 @@ fn scm(spec: serde_json::Value) -> SidecarMigration {
         .expect("spec object")
         .entry("proxyDeployment")
         .or_insert(json!("kong-kong"));
+    // The Admin API NetworkPolicy has tests of its own (steps.rs); the
+    // others see the actions they always saw.
+    spec.as_object_mut()
+        .expect("spec object")
+        .entry("adminApi")
+        .or_insert(json!({ "networkPolicy": false }));
     let mut m = SidecarMigration::new("migrate", serde_json::from_value(spec).expect("valid spec"));
     m.metadata.namespace = Some(NS.into());
     m.metadata.generation = Some(1);
@@ -100,7 +106,7 @@ fn pod(name: &str, sidecar: bool, ready: bool, ip: &str) -> Pod {
     if sidecar {
         containers.insert(
             0,
-            json!({ "name": "ingress-controller", "image": "kic:3.4" }),
+            json!({ "name": "ingress-controller", "image": "kong/kubernetes-ingress-controller:3.4" }),
         );
     }
     let mut p: Pod = serde_json::from_value(json!({
@@ -196,12 +202,16 @@ fn migrated(proxy: &Deployment, m: &SidecarMigration, hold: bool) -> Deployment 
         .as_ref()
         .and_then(|s| s.original.clone())
         .unwrap_or_default();
-    let mut d = with_rollout(
-        migrate_template(proxy, &m.spec),
-        Rollout::Held {
-            approval_hold: hold,
-        },
-        &original,
+    let mut d = render::with_original_env(
+        with_rollout(
+            migrate_template(proxy, &m.spec),
+            Rollout::Held {
+                approval_hold: hold,
+            },
+            &original,
+        ),
+        proxy,
+        &m.spec,
     );
     d.status = proxy.status.clone();
     d

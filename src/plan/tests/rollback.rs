@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn rollback_from_every_phase_restores_the_sidecar() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     for phase in [
         Phase::DisablingSidecar,
         Phase::DeployingController,
@@ -53,17 +53,26 @@ fn rollback_from_every_phase_restores_the_sidecar() {
                 .expect("original"),
         )
         .expect("controller");
+        let mut ctrl = ctrl;
+        ctrl.deployment.metadata.uid = Some("uid-deploy".into());
+        ctrl.role.metadata.uid = Some("uid-role".into());
+        ctrl.role_binding.metadata.uid = Some("uid-binding".into());
         let obs = Observed {
             proxy: Some(rolled.clone()),
             pods: vec![pod("restored", true, true, "10.0.0.5")],
             controller: Some(ctrl.deployment.clone()),
             controller_role: Some(ctrl.role.clone()),
+            controller_role_binding: Some(ctrl.role_binding.clone()),
             admin_service: Some(admin_service(&m, &d, true)),
             ..Default::default()
         };
         let p = plan(&m, &obs, later(2));
         assert!(
-            p.actions.contains(&Action::DeleteController),
+            p.actions.contains(&Action::DeleteController {
+                deployment: Some("uid-deploy".into()),
+                role: Some("uid-role".into()),
+                role_binding: Some("uid-binding".into()),
+            }),
             "{phase}: {:?}",
             p.actions
         );
@@ -99,7 +108,7 @@ fn rollback_before_any_change_has_nothing_to_undo() {
     let p = plan(
         &scm(json!({ "rollback": true })),
         &Observed {
-            proxy: Some(sidecar_deployment("kic:3.4")),
+            proxy: Some(sidecar_deployment("kong/kubernetes-ingress-controller:3.4")),
             ..Default::default()
         },
         now(),
@@ -110,7 +119,7 @@ fn rollback_before_any_change_has_nothing_to_undo() {
 
 #[test]
 fn deletion_rolls_back_an_unfinished_migration_only() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let mut unfinished = in_phase(json!({}), Phase::DeployingController, &d);
     unfinished.metadata.deletion_timestamp = Some(Time(now()));
     let obs = Observed {
@@ -185,4 +194,38 @@ fn rollback_of_a_succeeded_migration_restores_or_is_refused() {
             "{why}"
         );
     }
+}
+
+#[test]
+fn a_rollback_does_not_end_before_it_has_read_what_to_delete() {
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
+    let mut m = in_phase(json!({}), Phase::RollingBack, &d);
+    m.spec.rollback = true;
+    let mut role: Role = serde_json::from_value(json!({ "metadata": {
+        "name": "kong-kong-controller-endpointslices", "uid": "role-uid",
+        "labels": { (MANAGED_BY_LABEL): MANAGED_BY },
+        "annotations": { (MIGRATION_ANNOTATION): "migrate" } } }))
+    .expect("role");
+    role.rules = None;
+    // The proxy Deployment is gone: nothing to restore, only to delete.
+    let skipped = Observed {
+        skipped_rbac_reads: true,
+        ..Default::default()
+    };
+    let p = plan(&m, &skipped, now());
+    assert_eq!(p.status.phase, Phase::RollingBack, "{:?}", p.status.message);
+    let read = Observed {
+        controller_role: Some(role),
+        ..Default::default()
+    };
+    let p = plan(&m, &read, now());
+    assert!(
+        p.actions.contains(&Action::DeleteController {
+            deployment: None,
+            role: Some("role-uid".into()),
+            role_binding: None,
+        }),
+        "{:?}",
+        p.actions
+    );
 }

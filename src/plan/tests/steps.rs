@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn disabling_the_sidecar_records_the_original_first() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let p = plan(
         &scm(json!({})),
         &Observed {
@@ -77,7 +77,7 @@ fn disabling_the_sidecar_records_the_original_first() {
 
 #[test]
 fn kong_order_does_not_select_on_the_discovery_label() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let p = plan(
         &scm(json!({ "cutover": "DeleteLegacyPods" })),
         &Observed {
@@ -104,32 +104,127 @@ fn kong_order_does_not_select_on_the_discovery_label() {
 
 #[test]
 fn the_template_round_trips() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = scm(json!({}));
     let original = record_original(&m.spec, &d, None, &m).expect("record");
-    let migrated = with_rollout(
-        migrate_template(&d, &m.spec),
-        Rollout::Held {
-            approval_hold: true,
-        },
-        &original,
+    let migrated = render::with_original_env(
+        with_rollout(
+            migrate_template(&d, &m.spec),
+            Rollout::Held {
+                approval_hold: true,
+            },
+            &original,
+        ),
+        &d,
+        &m.spec,
     );
     assert_eq!(
         migrate_template(&migrated, &m.spec),
         migrated,
         "migrating twice changes nothing"
     );
-    let back = with_rollout(
+    let back = render::without_original_env(with_rollout(
         restore_template(&migrated, &m.spec, &original),
         Rollout::Original,
         &original,
-    );
+    ));
     assert_eq!(back, d, "rollback restores the sidecar rendering exactly");
+    // Before the first write (a crash right after status was written), the
+    // live Deployment itself supplies the values.
+    assert_eq!(
+        with_rollout(
+            restore_template(&d, &m.spec, &original),
+            Rollout::Original,
+            &original
+        ),
+        d
+    );
+}
+
+#[test]
+fn no_literal_env_value_is_recorded_in_status() {
+    let mut d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
+    let secret = "s3cr3t-Pg-pw";
+    if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        for c in &mut pod.containers {
+            c.env
+                .get_or_insert_with(Vec::new)
+                .push(k8s_openapi::api::core::v1::EnvVar {
+                    name: "KONG_PG_PASSWORD".into(),
+                    value: Some(secret.into()),
+                    ..Default::default()
+                });
+        }
+    }
+    let m = in_phase(json!({}), Phase::DisablingSidecar, &d);
+    let p = plan(
+        &m,
+        &Observed {
+            proxy: Some(d.clone()),
+            ..Default::default()
+        },
+        now(),
+    );
+    let status = serde_json::to_string(&p.status).expect("status");
+    for leaked in [secret, "https://localhost:8444", "kong/kong-kong-proxy"] {
+        assert!(!status.contains(leaked), "{leaked} in {status}");
+    }
+    // The value travels on the Deployment, in the write that removes the sidecar.
+    let Some(Action::ReplaceProxy(written)) = p.actions.first() else {
+        panic!("{:?}", p.actions)
+    };
+    let annotation = written
+        .annotations()
+        .get(ORIGINAL_ENV_ANNOTATION)
+        .expect("annotation");
+    assert!(annotation.contains(secret));
+    // The controller gets the sidecar's values from it; rollback too.
+    let original = p.status.original.clone().expect("original");
+    let ctrl = controller_objects(&m, written, &original).expect("controller");
+    let env = &ctrl
+        .deployment
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod")
+        .containers[0]
+        .env;
+    assert!(
+        env.iter()
+            .flatten()
+            .any(|e| e.value.as_deref() == Some(secret))
+    );
+    let back = restore_template(written, &m.spec, &original);
+    let sidecar = &back
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod")
+        .containers[0];
+    assert!(
+        sidecar
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.value.as_deref() == Some(secret))
+    );
+    // Without the annotation and with the sidecar gone, nothing is guessed.
+    let stripped = render::without_original_env((**written).clone());
+    assert!(
+        render::original_unreadable(&original, &stripped, &m.spec)
+            .is_some_and(|why| why.contains("KONG_PG_PASSWORD") || why.contains("CONTROLLER_"))
+    );
 }
 
 #[test]
 fn each_forward_step_acts_then_hands_over() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let spec = json!({});
     // DisablingSidecar finished: the next reconcile deploys the controller.
     let m = in_phase(spec.clone(), Phase::DisablingSidecar, &d);
@@ -269,7 +364,7 @@ fn each_forward_step_acts_then_hands_over() {
 
 #[test]
 fn the_end_restores_the_rollout_and_succeeds() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = in_phase(json!({}), Phase::DeletingLegacyPods, &d);
     let svc = admin_service(&m, &d, true);
     let obs = Observed {
@@ -311,7 +406,7 @@ fn the_end_restores_the_rollout_and_succeeds() {
 
 #[test]
 fn manual_approval_holds_every_legacy_pod() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let spec = json!({ "approval": "Manual" });
     let p = plan(
         &scm(spec.clone()),
@@ -368,7 +463,7 @@ fn manual_approval_holds_every_legacy_pod() {
 
 #[test]
 fn kong_order_orphans_legacy_replica_sets_and_evicts_one_pod_at_a_time() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = in_phase(
         json!({ "cutover": "DeleteLegacyPods" }),
         Phase::DeletingLegacyPods,
@@ -479,4 +574,116 @@ fn zero_downtime_evicts_only_while_a_new_gateway_serves() {
             p.actions
         );
     }
+}
+
+#[test]
+fn the_admin_api_network_policy_comes_first_and_widens_nothing() {
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
+    let spec = json!({ "adminApi": { "networkPolicy": true } });
+    let m = in_phase(spec.clone(), Phase::DisablingSidecar, &d);
+    let applied = |obs: &Observed| {
+        let p = plan(&m, obs, now());
+        match p.actions.first() {
+            Some(Action::ApplyNetworkPolicy(n)) => Some((**n).clone()),
+            _ => None,
+        }
+    };
+    let alone = Observed {
+        proxy: Some(d.clone()),
+        ..Default::default()
+    };
+    let policy = applied(&alone).expect("the policy before the proxy changes");
+    let np = policy.spec.clone().expect("spec");
+    let rules = np.ingress.clone().unwrap_or_default();
+    assert_eq!(
+        np.pod_selector.and_then(|s| s.match_labels),
+        Some(selector_labels(&d))
+    );
+    let from = rules[0].from.clone().unwrap_or_default();
+    assert_eq!(
+        from[0]
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone()),
+        Some(
+            [(
+                CONTROLLER_SELECTOR_LABEL.to_string(),
+                "kong-kong-controller".to_string()
+            )]
+            .into()
+        )
+    );
+    assert_eq!(rules.len(), 2, "every other port stays open to all");
+    assert!(
+        rules[1]
+            .ports
+            .iter()
+            .flatten()
+            .all(|p| p.protocol.as_deref() != Some("TCP")
+                || p.end_port < Some(8444)
+                || matches!(p.port, Some(IntOrString::Int(n)) if n > 8444)),
+        "8444 only from the controller"
+    );
+    // With a default-deny policy in the namespace, only the controller's
+    // access is added: opening the other ports would undo that policy.
+    let deny: NetworkPolicy = serde_json::from_value(
+        json!({ "metadata": { "name": "default-deny" }, "spec": { "podSelector": {}, "policyTypes": ["Ingress"] } }),
+    )
+    .expect("policy");
+    let restricted = Observed {
+        proxy: Some(d.clone()),
+        network_policies: vec![deny],
+        ..Default::default()
+    };
+    let policy = applied(&restricted).expect("policy");
+    assert_eq!(
+        policy.spec.and_then(|s| s.ingress).map(|r| r.len()),
+        Some(1)
+    );
+    // Applied once: the same policy in place is not applied again.
+    let mut live = applied(&alone).expect("policy");
+    live.metadata.uid = Some("np-uid".into());
+    let in_place = Observed {
+        proxy: Some(d.clone()),
+        network_policies: vec![live.clone()],
+        ..Default::default()
+    };
+    assert!(applied(&in_place).is_none());
+    // Rollback deletes it, by uid; a same-named policy of someone else stays.
+    let mut back = in_phase(spec, Phase::RollingBack, &d);
+    back.spec.rollback = true;
+    let p = plan(&back, &in_place, now());
+    assert!(
+        p.actions
+            .contains(&Action::DeleteNetworkPolicy("np-uid".into())),
+        "{:?}",
+        p.actions
+    );
+    let mut foreign = live;
+    foreign.metadata.labels = None;
+    let p = plan(
+        &back,
+        &Observed {
+            proxy: Some(d.clone()),
+            network_policies: vec![foreign.clone()],
+            ..Default::default()
+        },
+        now(),
+    );
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::DeleteNetworkPolicy(_)))
+    );
+    // And a foreign one by that name stops the migration before it starts.
+    let p = plan(
+        &scm(json!({ "adminApi": { "networkPolicy": true } })),
+        &Observed {
+            proxy: Some(d),
+            network_policies: vec![foreign],
+            ..Default::default()
+        },
+        now(),
+    );
+    assert_eq!(cond(&p, "Stalled").reason, "NetworkPolicyNameTaken");
 }

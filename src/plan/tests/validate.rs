@@ -92,7 +92,7 @@ fn bad_input_is_reported_and_changes_nothing() {
 
 #[test]
 fn already_migrated_deployment_succeeds_with_a_message() {
-    let d = sidecar_deployment("kic:3.4");
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
     let m = scm(json!({}));
     let gateway = migrate_template(&d, &m.spec);
     let p = plan(
@@ -121,7 +121,7 @@ fn failed_validation_goes_on_once_the_cause_is_fixed() {
     let p = plan(
         &m,
         &Observed {
-            proxy: Some(sidecar_deployment("kic:3.4")),
+            proxy: Some(sidecar_deployment("kong/kubernetes-ingress-controller:3.4")),
             ..Default::default()
         },
         later(5),
@@ -133,7 +133,7 @@ fn failed_validation_goes_on_once_the_cause_is_fixed() {
 #[test]
 fn dry_run_fills_the_plan_and_changes_nothing() {
     let obs = Observed {
-        proxy: Some(sidecar_deployment("kic:3.4")),
+        proxy: Some(sidecar_deployment("kong/kubernetes-ingress-controller:3.4")),
         pods: vec![pod("kong-kong-1", true, true, "10.0.0.1")],
         ..Default::default()
     };
@@ -151,7 +151,7 @@ fn dry_run_fills_the_plan_and_changes_nothing() {
     for want in [
         "Deployment/kong-kong remove container ingress-controller",
         "Deployment/kong-kong remove env KONG_KIC",
-        "Deployment/kong-kong-controller create with image kic:3.4",
+        "Deployment/kong-kong-controller create with image kong/kubernetes-ingress-controller:3.4",
         "Service/kong-kong-admin create headless Service",
         "Pod/kong-kong-1 retired by the rolling update",
     ] {
@@ -227,7 +227,9 @@ fn warnings_name_the_values_gitops_must_commit() {
     let p = plan(
         &scm(json!({})),
         &Observed {
-            proxy: Some(sidecar_deployment("kic:latest")),
+            proxy: Some(sidecar_deployment(
+                "kong/kubernetes-ingress-controller:latest",
+            )),
             ..Default::default()
         },
         now(),
@@ -350,4 +352,256 @@ fn a_probe_that_passes_before_configuration_is_rewritten_or_refused() {
         probe_path(&migrate_template(&d, &m.spec)).as_deref(),
         Some("/status")
     );
+}
+
+/// A Deployment with the sidecar's container and the proxy's, changed by `f`.
+fn edited(f: impl Fn(&mut k8s_openapi::api::core::v1::PodSpec)) -> Deployment {
+    let mut d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
+    if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        f(pod);
+    }
+    d
+}
+
+fn service(name: &str, selector: Value, annotations: Value) -> Service {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": NS, "annotations": annotations },
+        "spec": { "selector": selector, "ports": [ { "port": 80 } ] }
+    }))
+    .expect("service")
+}
+
+#[test]
+fn the_tenant_boundary_is_held_before_anything_changes() {
+    let kic = || sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
+    let chart_selector = json!({ "app.kubernetes.io/name": "kong", "app.kubernetes.io/instance": "kong", "app.kubernetes.io/component": "app" });
+    let named = |kind: &str| -> Value {
+        json!({ "metadata": { "name": "kong-kong-controller-endpointslices", "namespace": NS }, "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": "x" } })
+    };
+    let role: Role = serde_json::from_value(
+        json!({ "metadata": { "name": "kong-kong-controller-endpointslices", "namespace": NS } }),
+    )
+    .expect("role");
+    let binding: RoleBinding = serde_json::from_value(named("Role")).expect("binding");
+    let long = "a".repeat(253);
+    let cases: Vec<(&str, Value, Observed, &str)> = vec![
+        (
+            "a 253-character Deployment name",
+            json!({ "proxyDeployment": long }),
+            Observed::default(),
+            "NameTooLong",
+        ),
+        (
+            "a Deployment name with dots",
+            json!({ "proxyDeployment": "kong.kong" }),
+            Observed::default(),
+            "NameTooLong",
+        ),
+        (
+            "a foreign controller image",
+            json!({ "controller": { "image": "ghcr.io/evil/kubernetes-ingress-controller:3.4" } }),
+            Observed {
+                proxy: Some(kic()),
+                ..Default::default()
+            },
+            "ControllerImageNotAllowed",
+        ),
+        (
+            "a gateway that is not Kong",
+            json!({}),
+            Observed {
+                proxy: Some(edited(|p| {
+                    p.containers[1].image = Some("nginx:1.27".into())
+                })),
+                ..Default::default()
+            },
+            "NotAKongInstall",
+        ),
+        (
+            "a sidecar that is not KIC",
+            json!({}),
+            Observed {
+                proxy: Some(edited(|p| {
+                    p.containers[0].image = Some("busybox:1.36".into())
+                })),
+                ..Default::default()
+            },
+            "NotAKongInstall",
+        ),
+        (
+            "a sidecar without CONTROLLER_ env",
+            json!({}),
+            Observed {
+                proxy: Some(edited(|p| p.containers[0].env = None)),
+                ..Default::default()
+            },
+            "NotAKongInstall",
+        ),
+        (
+            "a controller that talks to a remote Admin API",
+            json!({}),
+            Observed {
+                proxy: Some(edited(|p| {
+                    if let Some(e) = p.containers[0].env.as_mut() {
+                        e[0].value = Some("https://kong-admin.elsewhere:8444".into());
+                    }
+                })),
+                ..Default::default()
+            },
+            "NotAKongInstall",
+        ),
+        (
+            "another app's Service as the admin Service",
+            json!({}),
+            Observed {
+                proxy: Some(kic()),
+                admin_service: Some(service(
+                    "kong-kong-admin",
+                    json!({ "app": "billing" }),
+                    json!({}),
+                )),
+                ..Default::default()
+            },
+            "AdminServiceNotKong",
+        ),
+        (
+            "a Service selecting more than the proxy pods",
+            json!({}),
+            Observed {
+                proxy: Some(kic()),
+                admin_service: Some(service(
+                    "kong-kong-admin",
+                    json!({ "app.kubernetes.io/name": "kong" }),
+                    json!({}),
+                )),
+                ..Default::default()
+            },
+            "AdminServiceNotKong",
+        ),
+        (
+            "another migration's Service",
+            json!({}),
+            Observed {
+                proxy: Some(kic()),
+                admin_service: Some(service(
+                    "kong-kong-admin",
+                    chart_selector.clone(),
+                    json!({ (MIGRATION_ANNOTATION): "other" }),
+                )),
+                ..Default::default()
+            },
+            "AdminServiceNotKong",
+        ),
+        (
+            "a foreign Role by the controller's RBAC name",
+            json!({}),
+            Observed {
+                proxy: Some(kic()),
+                controller_role: Some(role),
+                ..Default::default()
+            },
+            "RoleNameTaken",
+        ),
+        (
+            "an Admin API without a TLS listen",
+            json!({}),
+            Observed {
+                proxy: Some(edited(|p| {
+                    if let Some(e) = p.containers[1].env.as_mut() {
+                        e[0].value = Some("127.0.0.1:8001".into());
+                    }
+                })),
+                ..Default::default()
+            },
+            "AdminListenNotTls",
+        ),
+        (
+            "a foreign RoleBinding by the controller's RBAC name",
+            json!({}),
+            Observed {
+                proxy: Some(kic()),
+                controller_role_binding: Some(binding),
+                ..Default::default()
+            },
+            "RoleBindingNameTaken",
+        ),
+    ];
+    for (name, spec, obs, reason) in cases {
+        let p = plan(&scm(spec), &obs, now());
+        assert_eq!(
+            p.status.phase,
+            Phase::Failed,
+            "{name}: {:?}",
+            p.status.message
+        );
+        assert!(p.actions.is_empty(), "{name}: {:?}", p.actions);
+        assert_eq!(cond(&p, "Stalled").reason, reason, "{name}");
+        assert!(has_event(&p, reason), "{name}");
+        assert!(p.status.original.is_none(), "{name}");
+    }
+}
+
+#[test]
+fn the_install_s_own_objects_and_allowed_images_pass() {
+    let kic = || sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
+    let chart_selector = json!({ "app.kubernetes.io/name": "kong", "app.kubernetes.io/instance": "kong", "app.kubernetes.io/component": "app" });
+    let allowed = Policy {
+        allowed_controller_images: vec!["registry.local/mirror/*".into()],
+    };
+    let cases: Vec<(&str, Value, Observed)> = vec![
+        (
+            "the chart's sidecar install",
+            json!({}),
+            Observed {
+                proxy: Some(kic()),
+                ..Default::default()
+            },
+        ),
+        (
+            "another tag of the sidecar's image",
+            json!({ "controller": { "image": "docker.io/kong/kubernetes-ingress-controller:3.5.1" } }),
+            Observed {
+                proxy: Some(kic()),
+                ..Default::default()
+            },
+        ),
+        (
+            "an image the operator allows",
+            json!({ "controller": { "image": "registry.local/mirror/kubernetes-ingress-controller:3.4" } }),
+            Observed {
+                proxy: Some(kic()),
+                policy: allowed,
+                ..Default::default()
+            },
+        ),
+        (
+            "the chart's own admin Service",
+            json!({}),
+            Observed {
+                proxy: Some(kic()),
+                admin_service: Some(service("kong-kong-admin", chart_selector, json!({}))),
+                ..Default::default()
+            },
+        ),
+        (
+            "a 52-character Deployment name",
+            json!({ "proxyDeployment": "k".repeat(52) }),
+            Observed::default(),
+        ),
+    ];
+    for (name, spec, obs) in cases {
+        let p = plan(&scm(spec), &obs, now());
+        let reason = cond(&p, "Stalled").reason.clone();
+        assert!(
+            !matches!(
+                reason.as_str(),
+                "NameTooLong"
+                    | "NotAKongInstall"
+                    | "ControllerImageNotAllowed"
+                    | "AdminServiceNotKong"
+            ),
+            "{name}: {:?}",
+            p.status.message
+        );
+    }
 }
