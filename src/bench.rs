@@ -673,8 +673,9 @@ async fn idle(cp: &ControlPlane, client: &Client, n: usize) -> anyhow::Result<Id
 }
 
 /// The watches the operator holds: SidecarMigrations, and Deployments, Pods,
-/// Services and EndpointSlices to wake it.
-const OPERATOR_WATCHES: f64 = 5.0;
+/// Services and EndpointSlices to wake it (Services and EndpointSlices twice:
+/// its own label, and the label of objects handed over to Helm).
+const OPERATOR_WATCHES: f64 = 7.0;
 
 /// How long the idle operator is watched.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);

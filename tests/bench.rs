@@ -71,7 +71,7 @@ async fn the_bench_runs_every_procedure_and_reports_them() {
 
     // migrations at once | time | peak RSS | CPU | requests | reconciles | watches
     let scale = row("2");
-    assert_eq!(scale[6], "5", "the operator holds five watches:\n{stdout}");
+    assert_eq!(scale[6], "7", "the operator holds seven watches:\n{stdout}");
     // unrelated pods | RSS | peak | CPU | requests while idle
     assert_eq!(
         row("20")[4],
