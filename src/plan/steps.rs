@@ -10,9 +10,7 @@ use crate::kong;
 use super::facts::{
     container_started, controller_owner, legacy_pod_names, rollout_summary, rs_template_has,
 };
-use super::render::{
-    original_unreadable, record_original, service_matches, with_original_env, without_original_env,
-};
+use super::render::{original_unreadable, record_original, service_matches, with_original_env};
 use super::{
     Action, Outcome, Planner, Rollout, admin_service, controller_objects, deployment_available,
     has_container, listed_pods, migrate_template, pod_ready, rollout_complete, with_rollout,
@@ -381,10 +379,9 @@ impl Planner<'_> {
         }
         // No legacy pod left: the label no longer needs to tell pods apart and
         // the user's rollout settings come back.
-        // The original env values are no longer needed: nothing rolls back
-        // a finished migration.
-        let finished =
-            without_original_env(with_rollout(migrated, Rollout::Original, self.original()));
+        // The original env values stay in their annotation: `rollback: true`
+        // on a Succeeded migration restores the sidecar install from them.
+        let finished = with_rollout(migrated, Rollout::Original, self.original());
         let mut actions = Vec::new();
         if finished != proxy {
             actions.push(Action::ReplaceProxy(Box::new(finished)));
