@@ -85,7 +85,7 @@ impl Planner<'_> {
                 ))
             };
         };
-        if let Some(problem) = not_a_kic_sidecar(spec, name, proxy_c, sidecar) {
+        if let Some(problem) = not_a_kic_sidecar(spec, name, sidecar) {
             return Outcome::Fail("NotAKongInstall", problem);
         }
         if let Some(problem) = controller_image_problem(spec, sidecar, &self.obs.policy) {
@@ -404,7 +404,6 @@ fn not_a_kong_gateway(spec: &SidecarMigrationSpec, name: &str, c: &Container) ->
 fn not_a_kic_sidecar(
     spec: &SidecarMigrationSpec,
     name: &str,
-    proxy_c: &Container,
     sidecar: &Container,
 ) -> Option<String> {
     let image = sidecar.image.clone().unwrap_or_default();
@@ -415,8 +414,9 @@ fn not_a_kic_sidecar(
         .iter()
         .find(|e| e.name == kong::ENV_CONTROLLER_ADMIN_URL)
         .is_none_or(|e| e.value.as_deref().is_some_and(kong::url_is_loopback));
-    let listen = env_value(proxy_c, kong::ENV_ADMIN_LISTEN)
-        .unwrap_or_else(|| kong::SIDECAR_ADMIN_LISTEN.into());
+    // The gateway's own Admin API listen says nothing either way: the chart
+    // renders it on all interfaces in a sidecar install too, when its admin
+    // Service is enabled (tests/fixtures/kic-2.12-admin-http.yaml).
     let why = if !kong::is_controller_image(&image) {
         format!("its image {image:?} is not kong/kubernetes-ingress-controller")
     } else if !controller_env {
@@ -425,11 +425,6 @@ fn not_a_kic_sidecar(
         format!(
             "its {} is not a literal localhost URL",
             kong::ENV_CONTROLLER_ADMIN_URL
-        )
-    } else if !kong::admin_listen_is_local_only(&listen) {
-        format!(
-            "the gateway's {} {listen:?} is not loopback-only, as a sidecar install's is",
-            kong::ENV_ADMIN_LISTEN
         )
     } else {
         return None;
