@@ -14,14 +14,7 @@ use sidecar_migrator::testenv::wait_for;
 use support::*;
 
 fn readiness_path(d: &Deployment) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == "proxy")?
+    sidecar_migrator::plan::template_container(d, "proxy")?
         .readiness_probe
         .as_ref()?
         .http_get

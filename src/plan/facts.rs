@@ -48,6 +48,18 @@ pub(super) fn env_value(c: &Container, name: &str) -> Option<String> {
         .and_then(|e| e.value.clone())
 }
 
+/// The container `name` of a Deployment's pod template.
+pub fn template_container<'a>(d: &'a Deployment, name: &str) -> Option<&'a Container> {
+    d.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+}
+
 pub fn has_container(pod: &Pod, name: &str) -> bool {
     pod.spec
         .as_ref()

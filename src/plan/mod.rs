@@ -30,6 +30,7 @@ use facts::legacy_pod_names;
 pub use facts::{
     deployment_available, gitops_owner, has_container, helm_can_adopt, helm_release, is_ours,
     listed_pods, owned_by, pod_ready, rollout_complete, selector_labels, sidecar_only_services,
+    template_container,
 };
 pub use handoff::handoff;
 pub use render::{

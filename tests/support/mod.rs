@@ -505,14 +505,7 @@ pub fn containers(d: &Deployment) -> Vec<String> {
 }
 
 pub fn env(d: &Deployment, container: &str, name: &str) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == container)?
+    plan::template_container(d, container)?
         .env
         .iter()
         .flatten()

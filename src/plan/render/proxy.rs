@@ -11,7 +11,7 @@ use kube::ResourceExt;
 
 use crate::api::*;
 use crate::kong;
-use crate::plan::{APPROVAL_HOLD_MIN_READY_SECONDS, is_ours};
+use crate::plan::{APPROVAL_HOLD_MIN_READY_SECONDS, is_ours, template_container};
 
 use super::to_value;
 
@@ -109,17 +109,6 @@ fn literal_values(c: &Container) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn container<'a>(d: &'a Deployment, name: &str) -> Option<&'a Container> {
-    d.spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == name)
-}
-
 fn init_containers(d: &Deployment) -> impl Iterator<Item = &Container> {
     d.spec
         .iter()
@@ -140,8 +129,8 @@ pub(crate) fn with_original_env(
         .get(ORIGINAL_ENV_ANNOTATION)
         .cloned()
         .or_else(|| {
-            let sidecar = container(live, spec.controller_container())?;
-            let proxy = container(live, spec.proxy_container())?;
+            let sidecar = template_container(live, spec.controller_container())?;
+            let proxy = template_container(live, spec.proxy_container())?;
             serde_json::to_string(&EnvValues {
                 sidecar: literal_values(sidecar),
                 proxy: literal_values(proxy),
@@ -190,7 +179,7 @@ fn filled(
         (Some(v), Owner::Sidecar(_)) => v.sidecar,
         (Some(v), Owner::Proxy(_)) => v.proxy,
         (Some(mut v), Owner::Init(name)) => v.init.remove(name).unwrap_or_default(),
-        (None, Owner::Sidecar(name) | Owner::Proxy(name)) => container(live, name)
+        (None, Owner::Sidecar(name) | Owner::Proxy(name)) => template_container(live, name)
             .map(literal_values)
             .unwrap_or_default(),
         (None, Owner::Init(name)) => init_containers(live)

@@ -260,14 +260,7 @@ fn probed(kong: &str, path: &str) -> Deployment {
 }
 
 fn probe_path(d: &Deployment) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == "proxy")?
+    template_container(d, "proxy")?
         .readiness_probe
         .as_ref()?
         .http_get
