@@ -32,11 +32,7 @@ fn chart_deployment(file: &str) -> Deployment {
 /// leaves it.
 fn finished(source: &Deployment) -> Deployment {
     let m = in_phase(json!({}), Phase::DeletingLegacyPods, source);
-    let original = m
-        .status
-        .as_ref()
-        .and_then(|s| s.original.clone())
-        .expect("recorded");
+    let original = recorded(&m);
     render::with_original_env(
         with_rollout(
             migrate_template(source, &m.spec),
@@ -83,11 +79,7 @@ fn rollback_restores_the_charts_sidecar_rendering_exactly() {
     for version in ["2.52.0", "2.30.0"] {
         let source = chart_deployment(&format!("chart-{version}-sidecar.yaml"));
         let m = in_phase(json!({}), Phase::DeletingLegacyPods, &source);
-        let original = m
-            .status
-            .as_ref()
-            .and_then(|s| s.original.clone())
-            .expect("recorded");
+        let original = recorded(&m);
         let back = with_rollout(
             restore_template(&finished(&source), &m.spec, &original),
             Rollout::Original,
@@ -153,11 +145,7 @@ fn the_controller_is_named_and_selected_as_the_controller_release_renders_it() {
             Phase::DeployingController,
             &source,
         );
-        let original = m
-            .status
-            .as_ref()
-            .and_then(|s| s.original.clone())
-            .expect("recorded");
+        let original = recorded(&m);
         let migrated =
             render::with_original_env(migrate_template(&source, &m.spec), &source, &m.spec);
         let got = controller_objects(&m, &migrated, &original)
@@ -238,11 +226,7 @@ fn status_handoff_holds_the_values_the_target_fixtures_were_rendered_from() {
         Phase::DeletingLegacyPods,
         &source,
     );
-    let original = m
-        .status
-        .as_ref()
-        .and_then(|s| s.original.clone())
-        .expect("recorded");
+    let original = recorded(&m);
     let sidecar = render::original_sidecar(&original, &source, &m.spec).expect("sidecar");
     let h = handoff(&m, &source, Some(&sidecar)).expect("a Helm release");
     assert!(h.notes.is_empty(), "{:?}", h.notes);

@@ -196,6 +196,14 @@ fn in_phase(spec: serde_json::Value, phase: Phase, proxy: &Deployment) -> Sideca
     m
 }
 
+/// What a migration put in `in_phase` recorded before its first change.
+fn recorded(m: &SidecarMigration) -> Original {
+    m.status
+        .as_ref()
+        .and_then(|s| s.original.clone())
+        .expect("recorded")
+}
+
 fn migrated(proxy: &Deployment, m: &SidecarMigration, hold: bool) -> Deployment {
     let original = m
         .status

@@ -312,11 +312,7 @@ fn a_probe_that_passes_before_configuration_is_rewritten_or_refused() {
             p.status.message
         );
         let m = in_phase(json!({}), Phase::DisablingSidecar, &d);
-        let original = m
-            .status
-            .as_ref()
-            .and_then(|s| s.original.clone())
-            .expect("original");
+        let original = recorded(&m);
         let migrated = migrate_template(&d, &m.spec);
         assert_eq!(
             probe_path(&migrated).as_deref(),
