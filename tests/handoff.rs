@@ -18,9 +18,11 @@ use sidecar_migrator::plan::helm_can_adopt;
 use sidecar_migrator::testenv::{apply_fixture_as_helm, load_fixture};
 use support::*;
 
-async fn replica_sets(case: &Case) -> BTreeSet<String> {
+/// The ReplicaSets of Helm release `release`, by name.
+async fn replica_sets_of(case: &Case, release: &str) -> BTreeSet<String> {
+    let selector = format!("app.kubernetes.io/instance={release}");
     Api::<ReplicaSet>::namespaced(case.client.clone(), &case.ns)
-        .list(&ListParams::default().labels("app.kubernetes.io/instance=kong"))
+        .list(&ListParams::default().labels(&selector))
         .await
         .expect("replica sets")
         .items
@@ -75,8 +77,8 @@ async fn gateway_release_takes_over_without_a_roll(version: &str) {
         )),
         "chart {version}: status names the webhook the sidecar alone served: {warnings:?}"
     );
-    let before = replica_sets(&case).await;
-    let controller_before = controller_replica_sets(&case).await;
+    let before = replica_sets_of(&case, "kong").await;
+    let controller_before = replica_sets_of(&case, "kong-controller").await;
 
     // `helm upgrade kong` with the gateway release's values: Helm's
     // ownership check first, then the apply.
@@ -99,7 +101,7 @@ async fn gateway_release_takes_over_without_a_roll(version: &str) {
     .expect("the gateway release applies");
     case.wait_rollout(PROXY).await;
     assert_eq!(
-        replica_sets(&case).await,
+        replica_sets_of(&case, "kong").await,
         before,
         "chart {version}: the gateway release's apply rolled the gateway pods"
     );
@@ -124,7 +126,7 @@ async fn gateway_release_takes_over_without_a_roll(version: &str) {
     .await
     .expect("the controller release applies (its selector is the operator's)");
     let controller = case.wait_rollout(CHART_CONTROLLER).await;
-    let new_controller_sets = controller_replica_sets(&case)
+    let new_controller_sets = replica_sets_of(&case, "kong-controller")
         .await
         .difference(&controller_before)
         .count();
@@ -150,7 +152,7 @@ async fn gateway_release_takes_over_without_a_roll(version: &str) {
         .await
         .expect("the publish Service exists");
     assert_eq!(
-        replica_sets(&case).await,
+        replica_sets_of(&case, "kong").await,
         before,
         "chart {version}: still no gateway roll"
     );
@@ -169,17 +171,6 @@ async fn gateway_release_takes_over_without_a_roll(version: &str) {
 }
 
 const CHART_CONTROLLER: &str = "kong-controller-kong";
-
-async fn controller_replica_sets(case: &Case) -> BTreeSet<String> {
-    Api::<ReplicaSet>::namespaced(case.client.clone(), &case.ns)
-        .list(&ListParams::default().labels("app.kubernetes.io/instance=kong-controller"))
-        .await
-        .expect("replica sets")
-        .items
-        .iter()
-        .map(|rs| rs.name_any())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_2_52_gateway_release_takes_over_without_a_roll() {
