@@ -36,6 +36,11 @@ pub struct BenchArgs {
     /// wait that long.
     #[arg(long, default_value_t = 0)]
     pub pod_startup_ms: u64,
+    /// How long the replay of Kong's manual procedure keeps deleting sidecar
+    /// pods before it gives up; such a run counts as not done, with the
+    /// downtime it caused until then.
+    #[arg(long, default_value_t = 600)]
+    pub manual_give_up_s: u64,
     /// Then this many migrations at once, each in a namespace of its own,
     /// with the operator as a process of its own (peak RSS, CPU seconds,
     /// watches held). 0 skips it.
@@ -84,6 +89,8 @@ struct Sample {
     reactions: [Option<Duration>; 3],
     /// `kubectl delete pod` commands the manual procedure took.
     deletes: Option<usize>,
+    /// False for a manual replay that gave up.
+    done: bool,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -112,7 +119,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 Procedure::Operator(c) => format!("bench-{}-{i}", format!("{c:?}").to_lowercase()),
                 Procedure::Manual => format!("bench-manual-{i}"),
             };
-            samples.push(once(&admin, &sim, &ns, &args.fixture, procedure).await?);
+            let give_up = Duration::from_secs(args.manual_give_up_s);
+            samples.push(once(&admin, &sim, &ns, &args.fixture, procedure, give_up).await?);
         }
         rows.push((procedure, samples));
     }
@@ -194,9 +202,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn print_migrations(rows: &[(Procedure, Vec<Sample>)]) {
     println!(
-        "| procedure | runs | runs with downtime | downtime ms (median / max) | time to done s (median) | API requests, all clients (median) | by the operator (median) | pod deletes by hand (median / max) |"
+        "| procedure | runs | runs with downtime | downtime ms (median / max) | time to done s (median) | API requests, all clients (median) | by the operator (median) | pod deletes by hand (median / max) | runs given up |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (procedure, samples) in rows {
         let of = |f: &dyn Fn(&Sample) -> Option<f64>| summarize(samples.iter().filter_map(f));
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -205,14 +213,15 @@ fn print_migrations(rows: &[(Procedure, Vec<Sample>)]) {
         let dash = |v: Option<Summary>, f: &dyn Fn(&Summary) -> String| {
             v.as_ref().map_or_else(|| "-".to_string(), f)
         };
+        let given_up = samples.iter().filter(|s| !s.done).count();
         println!(
-            "| {procedure} | {} | {with_downtime} | {} | {} | {} | {} | {} |",
+            "| {procedure} | {} | {with_downtime} | {} | {} | {} | {} | {} | {given_up} |",
             samples.len(),
             dash(downtime, &|v| format!("{:.0} / {:.0}", v.median, v.max)),
-            dash(of(&|s| Some(s.to_done.as_secs_f64())), &|v| format!(
-                "{:.2}",
-                v.median
-            )),
+            dash(
+                of(&|s| s.done.then_some(s.to_done.as_secs_f64())),
+                &|v| format!("{:.2}", v.median)
+            ),
             dash(of(&|s| Some(s.requests_all)), &|v| format!(
                 "{:.0}",
                 v.median
@@ -236,6 +245,7 @@ async fn once(
     ns: &str,
     fixture: &str,
     procedure: Procedure,
+    give_up: Duration,
 ) -> anyhow::Result<Sample> {
     testenv::install_fixture(client, ns, fixture, Duration::from_secs(120)).await?;
     let replicas = testenv::load_fixture(fixture, ns)?
@@ -250,7 +260,7 @@ async fn once(
     let all_before = apiserver::all_requests(client).await?;
     let operator_before = apiserver::operator_requests(client).await?;
     let t0 = Instant::now();
-    let (reactions, deletes) = match procedure {
+    let (reactions, replay) = match procedure {
         Procedure::Operator(cutover) => {
             let reactions = tokio::spawn(reactions(seen, cutover));
             migrate(client, ns, cutover).await?;
@@ -261,7 +271,7 @@ async fn once(
         }
         Procedure::Manual => {
             drop(seen);
-            ([None; 3], Some(manual::replay(client, ns).await?.deletes))
+            ([None; 3], Some(manual::replay(client, ns, give_up).await?))
         }
     };
     let to_done = t0.elapsed();
@@ -278,7 +288,8 @@ async fn once(
         requests_all,
         requests_operator,
         reactions,
-        deletes,
+        deletes: replay.as_ref().map(|r| r.deletes),
+        done: replay.is_none_or(|r| r.done),
     })
 }
 

@@ -5,12 +5,14 @@
 use std::fmt::Debug;
 use std::time::Duration;
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -187,7 +189,7 @@ async fn the_discovery_controller_crash_loops_while_the_sidecar_pod_is_listed() 
     .await;
     let controller = json!([{
         "name": "ingress-controller",
-        "image": "kong/kubernetes-ingress-controller:3.4",
+        "image": "kong/kubernetes-ingress-controller:3.5",
         "env": [{ "name": "CONTROLLER_KONG_ADMIN_SVC", "value": format!("{}/kong-admin", env.ns) }],
     }]);
     env.apply::<Deployment>(deployment(
@@ -198,12 +200,20 @@ async fn the_discovery_controller_crash_loops_while_the_sidecar_pod_is_listed() 
     .await;
 
     // Readiness latches, so a pod not Ready after two restarts never was.
-    env.wait_pod(
-        "app=kong-controller",
-        "the controller restarting twice",
-        |p| restarts(p) >= 2 && !pod_ready(p),
-    )
-    .await;
+    let crashed = env
+        .wait_pod(
+            "app=kong-controller",
+            "the controller restarting twice",
+            |p| restarts(p) >= 2 && !pod_ready(p),
+        )
+        .await;
+    // Its next try has begun (60 s of retries, 3 s here) with the sidecar
+    // pod listed.
+    let trying = env
+        .wait_pod("app=kong-controller", "the controller running again", |p| {
+            restarts(p) == restarts(&crashed) && waiting_reasons(p).is_empty()
+        })
+        .await;
     let gateway = env
         .wait_pod("topology=gateway-discovery", "the gateway pod", |p| {
             p.status.is_some()
@@ -219,12 +229,18 @@ async fn the_discovery_controller_crash_loops_while_the_sidecar_pod_is_listed() 
         .delete("kong-kong", &DeleteParams::background())
         .await
         .expect("deleting the sidecar install");
-    env.wait_pod(
-        "app=kong-controller",
-        "the controller Ready once the sidecar pod is gone",
-        pod_ready,
-    )
-    .await;
+    let ready = env
+        .wait_pod(
+            "app=kong-controller",
+            "the controller Ready once the sidecar pod is gone",
+            pod_ready,
+        )
+        .await;
+    assert!(
+        restarts(&ready) > restarts(&trying),
+        "KIC retries the endpoints it read at start-up, so the try that read \
+         the sidecar pod fails even after that pod is gone; only the next one succeeds"
+    );
     env.wait_pod(
         "topology=gateway-discovery",
         "the gateway pod Ready once configured",
@@ -371,6 +387,57 @@ async fn with_a_startup_time_pods_turn_ready_that_much_after_binding() {
         bound.elapsed() >= startup / 2,
         "Ready {:?} after the IP, start-up is {startup:?}",
         bound.elapsed()
+    );
+}
+
+/// Kong's manual order only works if KIC starts while no sidecar pod is
+/// listed: the gap between a deleted pod and its replacement's IP is what it
+/// waits for, so a replacement must not be listed the moment it is bound.
+#[tokio::test]
+async fn a_bound_pod_has_no_ip_until_its_sandbox_is_up() {
+    let env = setup("sandbox").await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let mut events = watcher::watcher(pods, watcher::Config::default().labels("app=sandboxed"))
+        .applied_objects()
+        .boxed();
+    let app = json!([{ "name": "app", "image": "busybox:1.36" }]);
+    env.apply::<Deployment>(deployment("sandboxed", json!({ "app": "sandboxed" }), app))
+        .await;
+
+    let condition = |pod: &Pod, type_: &str| {
+        let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+        conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.clone())
+    };
+    let mut pending = false;
+    let got_ip = tokio::time::timeout(TIMEOUT, async {
+        while let Some(pod) = events.try_next().await.expect("the pod watch") {
+            let has_ip = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_ref())
+                .is_some();
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            if condition(&pod, "PodReadyToStartContainers").as_deref() == Some("False") {
+                assert!(!has_ip, "an IP before the sandbox is up: {:?}", pod.status);
+                assert_eq!(phase.as_deref(), Some("Pending"));
+                pending = true;
+            }
+            if has_ip {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(got_ip.is_ok(), "the pod never got an IP");
+    // How long the gap lasts is the simulator's timer; that it exists, and
+    // comes first, is what Kong's order depends on.
+    assert!(
+        pending,
+        "the simulator reported the pod bound and without an IP first"
     );
 }
 

@@ -7,7 +7,8 @@
 //!
 //! | rule | versions | source |
 //! |---|---|---|
-//! | a container reports `started` (and listens) only after the start-up time ([`Timing::startup`], or the pod's [`STARTUP_ANNOTATION`]) | kubelet | kubelet |
+//! | a bound pod has no IP (so no endpoint) until its sandbox is up, about 1 s: a deleted pod's replacement leaves a gap in its Services' endpoints | kubelet | kubelet's `RunPodSandbox` and CNI `ADD` before `PodReadyToStartContainers` |
+//! | a container reports `started` (and listens) only after the sandbox and then the start-up time ([`Timing::startup`], or the pod's [`STARTUP_ANNOTATION`]) | kubelet | kubelet |
 //! | a DB-less gateway probed on `/status/ready` is Ready only once configured | Kong ≥ 3.3 | `kong/status/ready.lua` |
 //! | probed on `/status` (or not probed) it is Ready at once, configured or not: Ready and unconfigured answers 404, **traffic lost** | any; the chart's probe below 2.26, or Kong < 3.3 (`compatibleReadiness`) | chart `_helpers.tpl` |
 //! | `/status/ready` below Kong 3.3 does not exist (404): never Ready | Kong < 3.3 | Kong 3.3 changelog |
@@ -16,11 +17,11 @@
 //! | KIC keeps admin Service ports named in `CONTROLLER_KONG_ADMIN_SVC_PORT_NAMES`, default `admin,admin-tls,kong-admin,kong-admin-tls` | KIC 2.11, 2.12 | `internal/manager/config.go`, KIC #5043 |
 //! | … default `admin-tls,kong-admin-tls` | KIC ≥ 3.0 | same |
 //! | KIC dials `https://<podIP>:<port>` only: a port whose listen lacks `ssl`, a loopback-only listen, a pod not yet listening (start-up), terminating or gone, is unreachable | all | `internal/adminapi/endpoints.go` |
-//! | an unreachable endpoint at start-up: retried 60 × 1 s, then exit 1 | KIC 2.11–3.3, ≥ 3.4.4 | `internal/manager/setup.go` |
+//! | an unreachable endpoint at start-up: retried 60 × 1 s, then exit 1; the endpoints tried are those listed when the admin Service first listed any (a pod deleted meanwhile stays in the list, its replacement is not added) | KIC 2.11–3.3, ≥ 3.4.4 | `internal/manager/setup.go` (discover, then a client per address with retries) |
 //! | … exit 1 at once | KIC 3.4.0–3.4.3 | same |
 //! | admin Service missing or without endpoints at start-up: retried forever, `/readyz` failing | KIC ≤ 3.4.3 | same |
 //! | … exit 1 after about 60 s | KIC ≥ 3.4.4 | same |
-//! | every exit: CrashLoopBackOff, 10 s doubling to 5 min | kubelet | kubelet |
+//! | every exit: CrashLoopBackOff, 10 s doubling to 5 min, the container `waiting` meanwhile | kubelet | kubelet |
 //! | after start-up nothing exits; a gateway listed later is configured within the 10 s pending re-check | all | `kongadminapi_controller.go` |
 //! | only the holder of the Lease `CONTROLLER_ELECTION_ID` pushes; non-leaders are Ready at once; a vanished holder keeps it 15 s | DB-less discovery, DB mode (sidecars too) | KIC-FACTS "Leader election" |
 //! | the leader's first push (and its Ready): 5 s after start plus the 3 s sync tick | all | KIC-FACTS "When things are Ready" |
@@ -84,6 +85,9 @@ const PENDING_RECHECK_SECS: f64 = 10.0;
 const LEASE_EXPIRY_SECS: f64 = 15.0;
 const BACKOFF_FIRST_SECS: f64 = 10.0;
 const BACKOFF_MAX_SECS: f64 = 300.0;
+/// From binding until the pod sandbox has its network (the pod IP): a
+/// typical kubelet with a CNI plugin, not a KIC fact.
+const SANDBOX_SECS: f64 = 1.0;
 /// How often a waiting KIC looks at the admin Service again.
 const RETRY_SECS: f64 = 1.0;
 
@@ -560,10 +564,13 @@ struct Kic {
 }
 
 enum KicState {
-    /// Discovering gateways; `failing_since`: when a listed endpoint first
-    /// did not answer.
+    /// Discovering gateways; `listed`: the endpoints found once the admin
+    /// Service listed any, which are the ones tried until the attempt ends
+    /// (a pod deleted meanwhile is not swapped for its replacement);
+    /// `failing_since`: when one of them first did not answer.
     StartingUp {
         since: Instant,
+        listed: Option<Vec<Listed>>,
         failing_since: Option<Instant>,
     },
     BackOff {
@@ -575,6 +582,10 @@ enum KicState {
         seen: HashMap<String, Instant>,
     },
 }
+
+/// An endpoint KIC read at start-up: its pod's UID (none if the endpoint
+/// named no existing pod) and port.
+type Listed = (Option<String>, i32);
 
 struct Lease {
     holder: Option<String>,
@@ -663,9 +674,16 @@ impl Kubelet {
         }
 
         let mut listening = HashSet::new();
+        let mut sandboxed = HashSet::new();
         for pod in &live {
             let since = *self.started.entry(uid(pod)).or_insert(now);
-            let at = since + startup(pod, t);
+            let sandbox_up = since + t.secs(SANDBOX_SECS);
+            if now >= sandbox_up {
+                sandboxed.insert(uid(pod));
+            } else {
+                timers.push(sandbox_up);
+            }
+            let at = sandbox_up + startup(pod, t);
             if image_pull_fails(pod) {
                 continue;
             }
@@ -691,6 +709,7 @@ impl Kubelet {
                 exits: 0,
                 state: KicState::StartingUp {
                     since: now,
+                    listed: None,
                     failing_since: None,
                 },
             });
@@ -701,21 +720,24 @@ impl Kubelet {
                 }
                 state.state = KicState::StartingUp {
                     since: now,
+                    listed: None,
                     failing_since: None,
                 };
             }
-            let (since, failing_since) = match &state.state {
-                KicState::StartingUp {
-                    since,
-                    failing_since,
-                } => (*since, *failing_since),
-                _ => continue,
+            let KicState::StartingUp {
+                since,
+                listed,
+                failing_since,
+            } = &mut state.state
+            else {
+                continue;
             };
+            let since = *since;
             let retries_end = |from: Instant| from + t.secs(INIT_RETRIES_SECS);
             let exit = match &admin {
                 // A malformed CONTROLLER_KONG_ADMIN_SVC fails flag parsing.
                 None => true,
-                Some(a) if world.lists_nothing(a) => {
+                Some(a) if listed.is_none() && world.lists_nothing(a) => {
                     if exits_when_no_endpoints(kic) {
                         let end = retries_end(since);
                         timers.push(end.min(now + t.secs(RETRY_SECS)));
@@ -725,27 +747,28 @@ impl Kubelet {
                         false
                     }
                 }
-                Some(a) if world.all_reachable(a) => {
-                    let seen = world
-                        .admin_apis(a)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|(p, _)| p.and_then(|p| p.uid()))
-                        .map(|u| (u, now))
-                        .collect();
-                    state.state = KicState::Running { since: now, seen };
-                    false
-                }
-                Some(_) if exits_on_first_unreachable(kic) => true,
-                Some(_) => {
-                    let failing = failing_since.unwrap_or(now);
-                    state.state = KicState::StartingUp {
-                        since,
-                        failing_since: Some(failing),
-                    };
-                    let end = retries_end(failing);
-                    timers.push(end.min(now + t.secs(RETRY_SECS)));
-                    now >= end
+                Some(a) => {
+                    let listed = listed.get_or_insert_with(|| {
+                        let apis = world.admin_apis(a).into_iter().flatten();
+                        apis.map(|(p, port)| (p.and_then(|p| p.uid()), port))
+                            .collect()
+                    });
+                    if world.all_reachable(listed) {
+                        let seen = listed
+                            .iter()
+                            .filter_map(|(u, _)| u.clone())
+                            .map(|u| (u, now))
+                            .collect();
+                        state.state = KicState::Running { since: now, seen };
+                        false
+                    } else if exits_on_first_unreachable(kic) {
+                        true
+                    } else {
+                        let failing = *failing_since.get_or_insert(now);
+                        let end = retries_end(failing);
+                        timers.push(end.min(now + t.secs(RETRY_SECS)));
+                        now >= end
+                    }
                 }
             };
             if exit {
@@ -897,11 +920,21 @@ impl Kubelet {
         let mut unconfigured = HashSet::new();
         for pod in &live {
             let u = uid(pod);
+            let mut backing_off = None;
             let (ready, restarted) = match role(pod) {
-                Role::Controller { container, .. } => (
-                    controller_ready.contains(&u),
-                    exited.contains(&u).then_some(container),
-                ),
+                Role::Controller { container, .. } => {
+                    if let Some(Kic {
+                        state: KicState::BackOff { .. },
+                        ..
+                    }) = self.controllers.get(&u)
+                    {
+                        backing_off = Some(container.clone());
+                    }
+                    (
+                        controller_ready.contains(&u),
+                        exited.contains(&u).then_some(container),
+                    )
+                }
                 _ if !is_listening(pod) => (false, None),
                 Role::Gateway { db: true, .. } => (true, None),
                 Role::Gateway {
@@ -909,6 +942,7 @@ impl Kubelet {
                 } => {
                     // Its own sidecar pushes on its first sync.
                     let at = self.started.get(&u).copied().unwrap_or(now)
+                        + t.secs(SANDBOX_SECS)
                         + startup(pod, t)
                         + t.secs(INIT_WAIT_SECS + SYNC_TICK_SECS);
                     if now < at {
@@ -926,18 +960,26 @@ impl Kubelet {
                 }
                 Role::Other => (true, None),
             };
-            verdicts.push((pod, ready, restarted, is_listening(pod)));
+            verdicts.push((pod, ready, restarted, backing_off, is_listening(pod)));
         }
         self.timelines
             .set_unconfigured(unconfigured, &self.slices.state());
 
-        for (pod, ready, restarted, listening) in verdicts {
-            let ip = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.clone())
-                .unwrap_or_else(next_pod_ip);
-            let status = desired_status(pod, &ip, ready, restarted.as_deref(), !listening);
+        for (pod, ready, restarted, backing_off, listening) in verdicts {
+            let ip = sandboxed.contains(&uid(pod)).then(|| {
+                pod.status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.clone())
+                    .unwrap_or_else(next_pod_ip)
+            });
+            let status = desired_status(
+                pod,
+                ip.as_deref(),
+                ready,
+                restarted.as_deref(),
+                backing_off.as_deref(),
+                !listening,
+            );
             if pod.status.as_ref() != Some(&status) {
                 self.write_status(pod, status).await;
             }
@@ -973,7 +1015,7 @@ impl Kubelet {
         if crate::plan::pod_ready(pod)
             && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
         {
-            self.write_status(pod, desired_status(pod, ip, false, None, false))
+            self.write_status(pod, desired_status(pod, Some(ip), false, None, None, false))
                 .await;
         }
         let params = DeleteParams {
@@ -1119,12 +1161,13 @@ impl World {
         self.admin_apis(admin).is_none_or(|apis| apis.is_empty())
     }
 
-    fn all_reachable(&self, admin: &AdminService) -> bool {
-        self.admin_apis(admin).is_some_and(|apis| {
-            !apis.is_empty()
-                && apis
-                    .iter()
-                    .all(|&(pod, port)| pod.is_some_and(|p| self.reachable(p, port)))
+    /// Whether every endpoint KIC read at start-up answers now.
+    fn all_reachable(&self, listed: &[Listed]) -> bool {
+        listed.iter().all(|(uid, port)| {
+            let pod = uid
+                .as_ref()
+                .and_then(|u| self.pods.values().find(|p| p.uid().as_ref() == Some(u)));
+            pod.is_some_and(|p| self.reachable(p, *port))
         })
     }
 
@@ -1318,20 +1361,24 @@ fn next_pod_ip() -> String {
 /// The status a kubelet would report. Conditions and container statuses
 /// that keep their meaning are carried over unchanged, so a pod already in
 /// its desired state compares equal and is not written again.
-/// `starting`: the containers are still being created (the start-up time),
-/// so none reports `started` and nothing listens yet.
+/// `ip`: none while the sandbox is being created. `restarted`: the container
+/// that exited just now; `backing_off`: the one waiting out its
+/// CrashLoopBackOff before it runs again. `starting`: the containers
+/// are still being created (the start-up time), so none reports `started`
+/// and nothing listens yet.
 fn desired_status(
     pod: &Pod,
-    ip: &str,
+    ip: Option<&str>,
     ready: bool,
     restarted: Option<&str>,
+    backing_off: Option<&str>,
     starting: bool,
 ) -> PodStatus {
     let old = pod.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
     let start_time = old.start_time.clone().unwrap_or_else(|| now.clone());
     let conditions = [
-        ("PodReadyToStartContainers", true),
+        ("PodReadyToStartContainers", ip.is_some()),
         ("Initialized", true),
         ("Ready", ready),
         ("ContainersReady", ready),
@@ -1367,7 +1414,10 @@ fn desired_status(
                 c,
                 previous,
                 ready,
-                restarted == Some(c.name.as_str()),
+                Exit {
+                    now: restarted == Some(c.name.as_str()),
+                    backing_off: backing_off == Some(c.name.as_str()),
+                },
                 &start_time,
                 &now,
             )
@@ -1375,7 +1425,7 @@ fn desired_status(
         .collect();
     PodStatus {
         phase: Some(
-            if image_pull_fails(pod) {
+            if image_pull_fails(pod) || ip.is_none() {
                 "Pending"
             } else {
                 "Running"
@@ -1386,8 +1436,8 @@ fn desired_status(
         host_ips: Some(vec![HostIP {
             ip: NODE_IP.to_string(),
         }]),
-        pod_ip: Some(ip.to_string()),
-        pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
+        pod_ip: ip.map(str::to_string),
+        pod_ips: ip.map(|ip| vec![PodIP { ip: ip.to_string() }]),
         start_time: Some(start_time),
         conditions: Some(conditions.to_vec()),
         container_statuses: Some(container_statuses),
@@ -1402,6 +1452,15 @@ fn startup(pod: &Pod, timing: Timing) -> Duration {
         .get(STARTUP_ANNOTATION)
         .and_then(|ms| ms.parse().ok())
         .map_or(timing.startup, Duration::from_millis)
+}
+
+/// A container's exits as kubelet sees them.
+#[derive(Clone, Copy)]
+struct Exit {
+    /// It exited just now.
+    now: bool,
+    /// It waits out its CrashLoopBackOff before running again.
+    backing_off: bool,
 }
 
 /// A container still being created: not started, listening on nothing.
@@ -1431,10 +1490,14 @@ fn container_status(
     container: &Container,
     previous: Option<&ContainerStatus>,
     ready: bool,
-    restarted: bool,
+    exit: Exit,
     pod_started: &Time,
     now: &Time,
 ) -> ContainerStatus {
+    let Exit {
+        now: restarted,
+        backing_off,
+    } = exit;
     let image = container.image.clone().unwrap_or_default();
     let waiting = |s: &ContainerStatus| s.state.as_ref().and_then(|s| s.waiting.as_ref()).is_some();
     if unpullable(container) {
@@ -1459,6 +1522,7 @@ fn container_status(
         previous.and_then(|s| s.state.as_ref()?.running.as_ref()?.started_at.clone());
     if let Some(previous) = previous
         && !restarted
+        && !backing_off
         && previous.ready == ready
         && running_since.is_some()
     {
@@ -1478,7 +1542,42 @@ fn container_status(
     } else {
         previous.and_then(|s| s.last_state.clone())
     };
-    let started_at = if restarted {
+    let container_id = Some(format!(
+        "simulated://{}/{}",
+        pod.uid().unwrap_or_default(),
+        container.name
+    ));
+    if backing_off {
+        return ContainerStatus {
+            name: container.name.clone(),
+            image: image.clone(),
+            image_id: format!("{image}@simulated"),
+            container_id,
+            ready: false,
+            restart_count: restarts,
+            started: Some(false),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("CrashLoopBackOff".to_string()),
+                    message: Some(format!(
+                        "back-off restarting failed container {}",
+                        container.name
+                    )),
+                }),
+                ..Default::default()
+            }),
+            last_state,
+            ..Default::default()
+        };
+    }
+    let backed_off = previous.is_some_and(|s| {
+        let reason = s
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref()?.reason.as_deref());
+        reason == Some("CrashLoopBackOff")
+    });
+    let started_at = if restarted || backed_off {
         now.clone()
     } else {
         running_since.unwrap_or_else(|| pod_started.clone())
@@ -1487,11 +1586,7 @@ fn container_status(
         name: container.name.clone(),
         image: image.clone(),
         image_id: format!("{image}@simulated"),
-        container_id: Some(format!(
-            "simulated://{}/{}",
-            pod.uid().unwrap_or_default(),
-            container.name
-        )),
+        container_id,
         ready,
         restart_count: restarts,
         started: Some(true),
