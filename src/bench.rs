@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// downtime it caused until then.
     #[arg(long, default_value_t = 600)]
     pub manual_give_up_s: u64,
+    /// Replay Kong's manual procedure only: for installs the operator
+    /// refuses (Kong < 3.3 probed on `/status`), to measure what the manual
+    /// way costs there.
+    #[arg(long)]
+    pub manual_only: bool,
     /// Then this many migrations at once, each in a namespace of its own,
     /// with the operator as a process of its own (peak RSS, CPU seconds,
     /// watches held). 0 skips it.
@@ -108,11 +113,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let operator = tokio::spawn(reconcile::run(ctx, None, || {}));
 
     let mut rows = Vec::new();
-    for procedure in [
+    let procedures = [
         Procedure::Operator(Cutover::ZeroDowntime),
         Procedure::Operator(Cutover::DeleteLegacyPods),
         Procedure::Manual,
-    ] {
+    ];
+    let procedures = procedures
+        .into_iter()
+        .filter(|p| !args.manual_only || matches!(p, Procedure::Manual));
+    for procedure in procedures {
         let mut samples = Vec::new();
         for i in 0..args.runs {
             let ns = match procedure {
