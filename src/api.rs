@@ -466,7 +466,9 @@ pub struct SidecarMigrationStatus {
     /// The KIC version read from the sidecar image, when the tag tells.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller_version: Option<String>,
-    /// Kong's KONG_DATABASE: `off` (DB-less) or the database in use.
+    /// Kong's KONG_DATABASE: `off` (DB-less) or the database in use (unset
+    /// means Kong's default, `postgres`); absent when the value is read from
+    /// a ConfigMap or Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -233,10 +233,11 @@ fn is_loopback(host: &str) -> bool {
     matches!(host, "localhost" | "[::1]") || host.starts_with("127.")
 }
 
-/// Kong runs DB-less unless KONG_DATABASE names a database.
+/// Kong's database from KONG_DATABASE: unset means Kong's own default,
+/// `postgres` (the chart always sets it, to `off` unless told otherwise).
 pub fn database_mode(kong_database: Option<&str>) -> String {
     match kong_database.map(str::trim) {
-        None | Some("") | Some("off") => "off".to_string(),
+        None | Some("") => "postgres".to_string(),
         Some(db) => db.to_string(),
     }
 }
@@ -378,7 +379,8 @@ mod tests {
 
     #[test]
     fn database_modes() {
-        assert_eq!(database_mode(None), "off");
+        assert_eq!(database_mode(None), "postgres");
+        assert_eq!(database_mode(Some("")), "postgres");
         assert_eq!(database_mode(Some("off")), "off");
         assert_eq!(database_mode(Some("postgres")), "postgres");
     }

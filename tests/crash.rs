@@ -105,8 +105,11 @@ async fn migrate_with_a_crash(
             if status.phase == answer.end() {
                 return;
             }
-            // The user answers when asked, so kill points reach past approval.
-            if status.phase == Phase::AwaitingApproval && !answered {
+            // The user answers when asked, so kill points reach past approval;
+            // at the kill point itself the kill comes first (the answer
+            // follows the restart), or the phase that asked would race the
+            // operator's reaction to the answer.
+            if status.phase == Phase::AwaitingApproval && !answered && writes < kill_after {
                 case.set("kong", answer.patch()).await;
                 answered = true;
             }

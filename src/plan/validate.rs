@@ -171,9 +171,19 @@ impl Planner<'_> {
                 kong::MIN_KIC_VERSION
             )),
         }
-        self.status.database = Some(kong::database_mode(
-            env_value(proxy_c, kong::ENV_DATABASE).as_deref(),
-        ));
+        // Only a literal value (or none at all) tells; one read from a
+        // ConfigMap or Secret is left unsaid rather than guessed.
+        let db_env = proxy_c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == kong::ENV_DATABASE);
+        let from_elsewhere = proxy_c.env_from.as_ref().is_some_and(|f| !f.is_empty());
+        self.status.database = match db_env {
+            Some(e) if e.value_from.is_some() => None,
+            None if from_elsewhere => None,
+            e => Some(kong::database_mode(e.and_then(|e| e.value.as_deref()))),
+        };
         if let Some(owner) = gitops_owner(&proxy.metadata) {
             let election = env_value(sidecar, kong::ENV_CONTROLLER_ELECTION_ID)
                 .unwrap_or_else(|| kong::DEFAULT_ELECTION_ID.into());
