@@ -1,6 +1,7 @@
 //! The Go tools the tests and the demo run, each built and cached by its
 //! `hack/<tool>/build.sh` from the Go module proxy (helm and promtool for the
-//! chart's tests; the control plane's binaries, through `controlplane.rs`).
+//! chart's tests; Argo CD's and Flux's health checks for the GitOps files'
+//! tests; the control plane's binaries, through `controlplane.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -53,4 +54,10 @@ pub async fn helm() -> anyhow::Result<PathBuf> {
 /// The path of promtool, built on first use.
 pub async fn promtool() -> anyhow::Result<PathBuf> {
     Ok(build("promtool", &[]).await?.join("promtool"))
+}
+
+/// The folder holding `argocd-health` and `flux-health`, Argo CD's and Flux's
+/// own health-check code (`hack/gitops-health/`), built on first use.
+pub async fn gitops_health() -> anyhow::Result<PathBuf> {
+    build("gitops-health", &[]).await
 }
