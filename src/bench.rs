@@ -82,7 +82,11 @@ impl std::fmt::Display for Procedure {
 }
 
 struct Sample {
+    /// Time the proxy Service had no endpoint both Ready and configured:
+    /// traffic lost, 404s from an unconfigured gateway included.
     downtime: Duration,
+    /// Time it had no Ready endpoint at all (the measure before issue 11).
+    unready: Duration,
     /// From the SidecarMigration's creation (or the manual procedure's first
     /// step) until done.
     to_done: Duration,
@@ -211,20 +215,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn print_migrations(rows: &[(Procedure, Vec<Sample>)]) {
     println!(
-        "| procedure | runs | runs with downtime | downtime ms (median / max) | time to done s (median) | API requests, all clients (median) | by the operator (median) | pod deletes by hand (median / max) | runs given up |"
+        "| procedure | runs | runs with downtime | downtime ms (median / max) | time to done s (median) | API requests, all clients (median) | by the operator (median) | pod deletes by hand (median / max) | runs given up | no Ready endpoint ms (median / max) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (procedure, samples) in rows {
         let of = |f: &dyn Fn(&Sample) -> Option<f64>| summarize(samples.iter().filter_map(f));
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let downtime = of(&|s| Some(ms(s.downtime)));
+        let unready = of(&|s| Some(ms(s.unready)));
         let with_downtime = samples.iter().filter(|s| !s.downtime.is_zero()).count();
         let dash = |v: Option<Summary>, f: &dyn Fn(&Summary) -> String| {
             v.as_ref().map_or_else(|| "-".to_string(), f)
         };
         let given_up = samples.iter().filter(|s| !s.done).count();
         println!(
-            "| {procedure} | {} | {with_downtime} | {} | {} | {} | {} | {} | {given_up} |",
+            "| {procedure} | {} | {with_downtime} | {} | {} | {} | {} | {} | {given_up} | {} |",
             samples.len(),
             dash(downtime, &|v| format!("{:.0} / {:.0}", v.median, v.max)),
             dash(
@@ -243,6 +248,7 @@ fn print_migrations(rows: &[(Procedure, Vec<Sample>)]) {
                 "{:.0} / {:.0}",
                 v.median, v.max
             )),
+            dash(unready, &|v| format!("{:.0} / {:.0}", v.median, v.max)),
         );
     }
 }
@@ -293,6 +299,7 @@ async fn once(
     };
     Ok(Sample {
         downtime: sim.downtime(ns, "kong-kong-proxy"),
+        unready: sim.unready_time(ns, "kong-kong-proxy"),
         to_done,
         requests_all,
         requests_operator,
