@@ -24,7 +24,7 @@
 //! Only what the chart renders differently matters here, so the objects are
 //! derived from the live install: the gateway rendering differs from the
 //! sidecar one as `plan::migrate_template` has it (less the operator's
-//! discovery label), and the controller release runs the sidecar's container
+//! discovery label and its move of a `/status` probe to `/status/ready`), and the controller release runs the sidecar's container
 //! with `CONTROLLER_KONG_ADMIN_SVC` instead of `CONTROLLER_KONG_ADMIN_URL`.
 
 use std::collections::HashSet;
@@ -75,6 +75,9 @@ pub async fn replay(client: &Client, ns: &str, give_up: Duration) -> anyhow::Res
     {
         labels.remove(DISCOVERY_LABEL);
     }
+    // The chart renders the probe it always did; only the operator moves a
+    // `/status` probe to `/status/ready`.
+    keep_readiness_probe(&live, &mut gateway);
     deployments
         .replace(PROXY, &PostParams::default(), &gateway)
         .await?;
@@ -203,6 +206,18 @@ fn controller_release(proxy: &Deployment, ns: &str) -> anyhow::Result<Deployment
             "template": { "metadata": { "labels": labels }, "spec": pod },
         },
     }))?)
+}
+
+fn keep_readiness_probe(live: &Deployment, gateway: &mut Deployment) {
+    let probe = crate::plan::template_container(live, "proxy").map(|c| c.readiness_probe.clone());
+    let proxy = gateway
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.iter_mut().find(|c| c.name == "proxy"));
+    if let (Some(probe), Some(proxy)) = (probe, proxy) {
+        proxy.readiness_probe = probe;
+    }
 }
 
 fn has_ip(p: &Pod) -> bool {
