@@ -97,6 +97,9 @@ impl Planner<'_> {
         if let Some(problem) = self.foreign_admin_service(proxy) {
             return Outcome::Fail("AdminServiceNotKong", problem);
         }
+        if let Some(problem) = self.client_tls_problem(pod, sidecar) {
+            return problem;
+        }
         if selector_labels(proxy).is_empty() {
             return Outcome::Fail(
                 "UnsupportedSelector",
