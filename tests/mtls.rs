@@ -422,3 +422,70 @@ async fn a_controller_without_a_client_certificate_never_gets_ready() {
     );
     assert_eq!(case.downtime_ms(), 0);
 }
+
+/// The schema and CEL rules of `clientTLS`: what each source takes, and no
+/// change once set (the operator would otherwise be asked to swap the
+/// certificate of a migration under way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tls_is_checked_at_admission_and_cannot_change() {
+    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    let with = |tls: Value| json!({ "proxyDeployment": PROXY, "dryRun": true, "adminApi": { "clientTLS": tls } });
+    let refused = [
+        json!({ "source": "Secret" }),
+        json!({ "source": "Secret", "caSecretName": "admin-ca" }),
+        json!({ "source": "Generate", "secretName": "admin-client" }),
+        json!({ "source": "Generate", "caSecretName": "admin-ca" }),
+        json!({ "source": "Other" }),
+        json!({ "source": "Secret", "secretName": "Bad_Name" }),
+        json!({ "secretName": "admin-client" }),
+    ];
+    for (i, tls) in refused.into_iter().enumerate() {
+        let result = case.apply(&format!("refused-{i}"), with(tls.clone())).await;
+        assert!(
+            matches!(&result, Err(kube::Error::Api(e)) if e.code == 422),
+            "{tls}: {result:?}"
+        );
+    }
+    case.start("generate", with(json!({ "source": "Generate" })))
+        .await;
+    case.start("plain", json!({ "proxyDeployment": PROXY, "dryRun": true }))
+        .await;
+    let changes = [
+        (
+            "generate",
+            json!({ "clientTLS": { "source": "Secret", "secretName": "admin-client" } }),
+        ),
+        ("generate", json!({ "clientTLS": null })),
+        ("plain", json!({ "clientTLS": { "source": "Generate" } })),
+    ];
+    for (name, admin_api) in changes {
+        let patch = json!({ "spec": { "adminApi": admin_api } });
+        let result = case
+            .migrations()
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await;
+        match result {
+            Err(kube::Error::Api(e)) if e.code == 422 => assert!(
+                e.message
+                    .contains("adminApi.clientTLS cannot change once set"),
+                "{name} {admin_api}: {}",
+                e.message
+            ),
+            other => panic!("{name} {admin_api}: {other:?}"),
+        }
+    }
+    // Not a rule that refuses every update.
+    let patch = json!({ "spec": { "adminApi": { "clientTLS": { "source": "Generate" } }, "paused": true } });
+    case.migrations()
+        .patch(
+            "generate",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("the same clientTLS, paused set");
+}
