@@ -489,3 +489,70 @@ async fn client_tls_is_checked_at_admission_and_cannot_change() {
         .await
         .expect("the same clientTLS, paused set");
 }
+
+/// A crash in the middle of generating, replayed: the CA ConfigMap was
+/// created and a Secret with it as owner too, but the write that records
+/// which Secret goes with which certificate never happened. The operator
+/// cannot read that Secret, so it never uses it: it generates anew under a
+/// new name, and the orphan goes with the ConfigMap on rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_generation_is_done_again_and_its_leftover_never_used() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(case.client.clone(), &case.ns);
+    let unfinished: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": CA_CONFIG_MAP,
+            "labels": { "app.kubernetes.io/managed-by": "sidecar-migrator" },
+            "annotations": { "sidecar-migrator.dev/migration": "kong" } },
+    }))
+    .expect("configmap");
+    let unfinished = config_maps
+        .create(&PostParams::default(), &unfinished)
+        .await
+        .expect("the ConfigMap a crash left");
+    let leftover = "kong-kong-controller-admin-api-keypair-0000000000";
+    let secrets: Api<Secret> = Api::namespaced(case.client.clone(), &case.ns);
+    let orphan: Secret = serde_json::from_value(json!({
+        "metadata": { "name": leftover, "ownerReferences": [ { "apiVersion": "v1",
+            "kind": "ConfigMap", "name": CA_CONFIG_MAP, "uid": unfinished.uid() } ] },
+        "type": "kubernetes.io/tls",
+        "stringData": { "tls.crt": "lost", "tls.key": "lost" },
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &orphan)
+        .await
+        .expect("the Secret a crash left");
+    case.start(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "adminApi": { "clientTLS": { "source": "Generate" } } }),
+    )
+    .await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    let ca = config_maps
+        .get(CA_CONFIG_MAP)
+        .await
+        .expect("the CA ConfigMap");
+    assert_eq!(
+        ca.uid(),
+        unfinished.uid(),
+        "the unfinished ConfigMap is completed"
+    );
+    let secret_name = ca
+        .annotations()
+        .get(CLIENT_SECRET_ANNOTATION)
+        .cloned()
+        .expect("completed");
+    assert_ne!(secret_name, leftover, "the leftover is never used");
+    assert_controller_presents(&case, &secret_name).await;
+    assert_eq!(case.downtime_ms(), 0);
+    case.set("kong", json!({ "rollback": true })).await;
+    case.wait_phase("kong", Phase::RolledBack).await;
+    for name in [leftover, secret_name.as_str()] {
+        wait_for(DEADLINE, &format!("Secret {name} to be gone"), async || {
+            Ok(secrets.get_opt(name).await?.is_none().then_some(()))
+        })
+        .await
+        .expect("rollback's deletion of the ConfigMap takes every Secret it owns");
+    }
+    case.assert_nothing_refused("kong").await;
+}
