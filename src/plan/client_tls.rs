@@ -27,10 +27,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec};
 use kube::ResourceExt;
 
 use crate::api::*;
+use crate::kong;
 
 use super::render::{
     client_ca_config_map, client_ca_config_map_name, client_secret, client_tls_already_configured,
-    generated_secret,
+    generated_secret, generated_secret_prefix,
 };
 use super::{Outcome, Planner, is_ours};
 
@@ -115,5 +116,68 @@ impl Planner<'_> {
         is_ours(&cm.metadata, self.scm)
             .then(|| cm.metadata.uid.clone())
             .flatten()
+    }
+}
+
+/// The changes mTLS adds to status.plan, for the step they happen in.
+pub(super) fn planned_changes(spec: &SidecarMigrationSpec, step: Phase) -> Vec<PlannedChange> {
+    let Some(tls) = spec.client_tls() else {
+        return Vec::new();
+    };
+    let change = |object: String, change: String| PlannedChange {
+        step,
+        object,
+        change,
+    };
+    let generated = format!("{}<random>", generated_secret_prefix(spec));
+    let client = match tls.source {
+        ClientTlsSource::Generate => generated.clone(),
+        ClientTlsSource::Secret => tls.secret_name.clone().unwrap_or_default(),
+    };
+    match step {
+        Phase::DisablingSidecar => {
+            let mut out = Vec::new();
+            let ca = match tls.source {
+                ClientTlsSource::Generate => {
+                    let cm = client_ca_config_map_name(spec);
+                    out.push(change(
+                        format!("ConfigMap/{cm}"),
+                        "create with tls.crt: a new self-signed client certificate".into(),
+                    ));
+                    out.push(change(
+                        format!("Secret/{generated}"),
+                        format!(
+                            "create with that certificate and its key (kubernetes.io/tls, owned by ConfigMap {cm})"
+                        ),
+                    ));
+                    format!("ConfigMap {cm}")
+                }
+                ClientTlsSource::Secret => format!(
+                    "Secret {}",
+                    tls.ca_secret_name.clone().unwrap_or_else(|| client.clone())
+                ),
+            };
+            out.push(change(
+                format!("Deployment/{}", spec.proxy_deployment),
+                format!(
+                    "demand a client certificate: {}=on, {}={}tls.crt from volume {} ({ca})",
+                    kong::ENV_ADMIN_SSL_VERIFY_CLIENT,
+                    kong::ENV_ADMIN_SSL_CLIENT_CERTIFICATE,
+                    kong::ADMIN_CLIENT_CA_DIR,
+                    kong::ADMIN_CLIENT_CA_VOLUME
+                ),
+            ));
+            out
+        }
+        Phase::DeployingController => vec![change(
+            format!("Deployment/{}", spec.controller_name()),
+            format!(
+                "present the client certificate of Secret {client}: {} and {} from volume {}",
+                kong::ENV_CONTROLLER_TLS_CLIENT_CERT_FILE,
+                kong::ENV_CONTROLLER_TLS_CLIENT_KEY_FILE,
+                kong::ADMIN_API_CERT_VOLUME
+            ),
+        )],
+        _ => Vec::new(),
     }
 }

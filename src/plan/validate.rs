@@ -541,6 +541,10 @@ fn planned_changes(
             ),
         );
     }
+    out.extend(super::client_tls::planned_changes(
+        spec,
+        Phase::DisablingSidecar,
+    ));
     let service_verb = match &obs.admin_service {
         Some(s) if !is_ours(&s.metadata, scm) => "adopt",
         _ => "create headless",
@@ -585,6 +589,10 @@ fn planned_changes(
         Phase::DeployingController,
         &format!("Role/{}-endpointslices", spec.controller_name()),
         "create with RoleBinding: get, list, watch discovery.k8s.io endpointslices".into(),
+    ));
+    out.extend(super::client_tls::planned_changes(
+        spec,
+        Phase::DeployingController,
     ));
     let legacy = legacy_pod_names(spec, obs);
     let how = match spec.cutover {

@@ -482,3 +482,58 @@ fn the_handoff_carries_the_charts_mtls_values() {
         assert_eq!(rolls, notes, "{spec}: {:?}", h.notes);
     }
 }
+
+#[test]
+fn the_dry_run_plan_lists_what_mtls_adds() {
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
+    let cases = [
+        (
+            generate(),
+            vec![
+                (
+                    Phase::DisablingSidecar,
+                    "ConfigMap/kong-kong-admin-client-ca",
+                ),
+                (
+                    Phase::DisablingSidecar,
+                    "Secret/kong-kong-controller-admin-api-keypair-<random>",
+                ),
+                (Phase::DisablingSidecar, "Deployment/kong-kong"),
+                (
+                    Phase::DeployingController,
+                    "Deployment/kong-kong-controller",
+                ),
+            ],
+        ),
+        (
+            user_secret(),
+            vec![
+                (Phase::DisablingSidecar, "Deployment/kong-kong"),
+                (
+                    Phase::DeployingController,
+                    "Deployment/kong-kong-controller",
+                ),
+            ],
+        ),
+    ];
+    for (mut spec, want) in cases {
+        spec["dryRun"] = json!(true);
+        let p = plan(
+            &scm(spec.clone()),
+            &Observed {
+                proxy: Some(d.clone()),
+                ..Default::default()
+            },
+            now(),
+        );
+        let mtls: Vec<(Phase, &str)> = p
+            .status
+            .plan
+            .iter()
+            .filter(|c| c.change.contains("certificate"))
+            .map(|c| (c.step, c.object.as_str()))
+            .collect();
+        assert_eq!(mtls, want, "{spec}");
+        assert!(p.actions.is_empty(), "{spec}: a dry run changes nothing");
+    }
+}
