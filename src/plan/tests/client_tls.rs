@@ -537,3 +537,47 @@ fn the_dry_run_plan_lists_what_mtls_adds() {
         assert!(p.actions.is_empty(), "{spec}: a dry run changes nothing");
     }
 }
+
+#[test]
+fn an_admin_api_that_stops_demanding_a_client_certificate_is_drift() {
+    let d = sidecar_deployment("kong/kubernetes-ingress-controller:3.4");
+    let m = in_phase(generate(), Phase::WaitingForAdminService, &d);
+    let demanding = migrated(&d, &m, false);
+    let mut open = demanding.clone();
+    open.spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .expect("pod")
+        .containers[0]
+        .env
+        .get_or_insert_with(Vec::new)
+        .retain(|e| e.name != "KONG_NGINX_ADMIN_SSL_VERIFY_CLIENT");
+    for (name, proxy, drift) in [("demanding", demanding, false), ("open", open, true)] {
+        let p = plan(
+            &m,
+            &Observed {
+                proxy: Some(proxy),
+                client_ca: Some(ca(&m, &d, true)),
+                ..Default::default()
+            },
+            later(1),
+        );
+        assert_eq!(
+            has_event(&p, "DriftDetected"),
+            drift,
+            "{name}: {:?}",
+            p.status.message
+        );
+        if drift {
+            assert!(p.actions.is_empty(), "{name}: not overwritten");
+            assert!(
+                p.status
+                    .message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("client certificate"),
+                "{name}"
+            );
+        }
+    }
+}
