@@ -34,6 +34,10 @@ pub const DISCOVERY_LABEL: &str = "sidecar-migrator.dev/gateway-discovery";
 /// leaves out. Whoever may read this annotation may read the Deployment's
 /// spec, which held those values already; a SidecarMigration's readers may not.
 pub const ORIGINAL_ENV_ANNOTATION: &str = "sidecar-migrator.dev/original-env";
+/// On the generated client CA ConfigMap: the Secret holding the certificate
+/// and key whose certificate the ConfigMap publishes. Written in the same
+/// update as the certificate, only after that Secret's create succeeded.
+pub const CLIENT_SECRET_ANNOTATION: &str = "sidecar-migrator.dev/client-certificate-secret";
 pub const CONTROLLER_SELECTOR_LABEL: &str = "sidecar-migrator.dev/controller";
 
 pub const DEFAULT_STEP_TIMEOUT_SECONDS: u32 = 600;
@@ -80,6 +84,8 @@ const DNS_1035_LABEL: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
         .message("controller.release cannot change once set: create a new SidecarMigration"),
     validation = Rule::new("(has(self.adminService) && has(self.adminService.name) ? self.adminService.name : '') == (has(oldSelf.adminService) && has(oldSelf.adminService.name) ? oldSelf.adminService.name : '')")
         .message("adminService.name cannot change once set: create a new SidecarMigration"),
+    validation = Rule::new("(has(self.adminApi) && has(self.adminApi.clientTLS) ? self.adminApi.clientTLS.source + '/' + (has(self.adminApi.clientTLS.secretName) ? self.adminApi.clientTLS.secretName : '') + '/' + (has(self.adminApi.clientTLS.caSecretName) ? self.adminApi.clientTLS.caSecretName : '') : '') == (has(oldSelf.adminApi) && has(oldSelf.adminApi.clientTLS) ? oldSelf.adminApi.clientTLS.source + '/' + (has(oldSelf.adminApi.clientTLS.secretName) ? oldSelf.adminApi.clientTLS.secretName : '') + '/' + (has(oldSelf.adminApi.clientTLS.caSecretName) ? oldSelf.adminApi.clientTLS.caSecretName : '') : '')")
+        .message("adminApi.clientTLS cannot change once set: create a new SidecarMigration"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarMigrationSpec {
@@ -151,6 +157,45 @@ pub struct AdminApi {
     /// before the Admin API leaves loopback and removed on rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<bool>,
+    /// Admin API mTLS, as the kong chart offers it: the gateways demand a
+    /// client certificate (`admin.tls.client.*`) and the controller presents
+    /// one (`ingressController.adminApi.tls.client.*`). Unset: no client
+    /// certificate is demanded (or, where the sidecar install already has
+    /// mTLS, it carries over as it is).
+    #[serde(default, rename = "clientTLS", skip_serializing_if = "Option::is_none")]
+    pub client_tls: Option<ClientTls>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.source == 'Secret' ? has(self.secretName) : !has(self.secretName) && !has(self.caSecretName)")
+        .message("source: Secret needs secretName; source: Generate takes neither secretName nor caSecretName"),
+)]
+pub struct ClientTls {
+    /// `Generate`: the operator creates a self-signed client certificate in
+    /// a Secret of its own (it needs `create` on Secrets, never `get`).
+    /// `Secret`: the controller presents the certificate of `secretName`.
+    pub source: ClientTlsSource,
+    /// A `kubernetes.io/tls` Secret in this namespace whose `tls.crt` and
+    /// `tls.key` the controller presents (the chart's
+    /// `ingressController.adminApi.tls.client.secretName`). The operator
+    /// never reads it: it only mounts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub secret_name: Option<String>,
+    /// A Secret whose `tls.crt` is the CA the gateways verify client
+    /// certificates against (the chart's `admin.tls.client.secretName`).
+    /// Default: `secretName`, for a self-signed client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub ca_secret_name: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, JsonSchema, PartialEq, Eq)]
+pub enum ClientTlsSource {
+    Generate,
+    Secret,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
@@ -242,6 +287,9 @@ impl SidecarMigrationSpec {
             .as_ref()
             .and_then(|a| a.network_policy)
             .unwrap_or(true)
+    }
+    pub fn client_tls(&self) -> Option<&ClientTls> {
+        self.admin_api.as_ref()?.client_tls.as_ref()
     }
     /// The Admin API NetworkPolicy's name.
     pub fn network_policy_name(&self) -> String {

@@ -31,6 +31,26 @@ pub const DISCOVERY_ELECTION_SUFFIX: &str = "-discovery";
 /// gateway-only rendering lacks them, so the migrated template must too, or
 /// the first sync of the gateway release rolls every gateway pod again.
 pub const CHART_SIDECAR_ONLY_VOLUMES: [&str; 2] = ["webhook-cert", "admin-api-cert"];
+/// Admin API mTLS as the kong chart renders it (`_helpers.tpl`@kong-2.52.0).
+/// On the gateway (`admin.tls.client.secretName` or `caBundle`): Kong
+/// demands a client certificate signed by the CA in this file...
+pub const ENV_ADMIN_SSL_VERIFY_CLIENT: &str = "KONG_NGINX_ADMIN_SSL_VERIFY_CLIENT";
+pub const ENV_ADMIN_SSL_CLIENT_CERTIFICATE: &str = "KONG_NGINX_ADMIN_SSL_CLIENT_CERTIFICATE";
+/// ... which the volume of this name, mounted here, holds as `tls.crt`.
+pub const ADMIN_CLIENT_CA_VOLUME: &str = "admin-client-ca";
+pub const ADMIN_CLIENT_CA_DIR: &str = "/etc/admin-client-ca/";
+/// The ConfigMap the chart renders the CA into: `<fullname>-admin-client-ca`.
+pub const ADMIN_CLIENT_CA_CONFIG_MAP_SUFFIX: &str = "-admin-client-ca";
+/// On the controller (`ingressController.adminApi.tls.client.enabled`): the
+/// client certificate and key KIC presents, from this Secret volume.
+pub const ENV_CONTROLLER_TLS_CLIENT_CERT_FILE: &str = "CONTROLLER_KONG_ADMIN_TLS_CLIENT_CERT_FILE";
+pub const ENV_CONTROLLER_TLS_CLIENT_KEY_FILE: &str = "CONTROLLER_KONG_ADMIN_TLS_CLIENT_KEY_FILE";
+pub const ADMIN_API_CERT_VOLUME: &str = "admin-api-cert";
+pub const ADMIN_API_CERT_DIR: &str = "/etc/secrets/admin-api-cert";
+/// The chart's name for the controller release's client certificate
+/// Secret: `<fullname>-admin-api-keypair`.
+pub const ADMIN_API_KEYPAIR_SUFFIX: &str = "-admin-api-keypair";
+
 /// The chart's plain-HTTP Admin API port, rendered before `admin-tls`.
 pub const ADMIN_HTTP_CONTAINER_PORT_NAME: &str = "admin";
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -30,6 +30,8 @@ use crate::api::*;
 use crate::kong;
 use crate::metrics::Metrics;
 use crate::plan::{self, Action, Observed, Plan};
+
+mod client_cert;
 
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
@@ -506,6 +508,8 @@ async fn observe(
     } else {
         (None, None, Vec::new())
     };
+    let (client_ca, missing_client_secrets) =
+        observe_client_tls(scm, client, ns, validating).await?;
     let migrations = Api::<SidecarMigration>::namespaced(client.clone(), ns);
     let all = ListParams::default();
     let others = read(|| migrations.list(&all)).await?;
@@ -533,10 +537,55 @@ async fn observe(
         controller_role_binding,
         network_policies,
         skipped_rbac_reads,
+        client_ca,
+        missing_client_secrets,
         others,
         ..Default::default()
     };
     Ok((observed, fresh.into_iter().next()))
+}
+
+/// `clientTLS`: the CA ConfigMap (Generate), and which of the user's
+/// Secrets are missing (Secret, while validating). The operator may not read
+/// a Secret, so it asks whether one exists the only way `create` allows: a
+/// dry-run create of an empty Secret of that name answers 409 AlreadyExists
+/// when it exists and stores nothing when it does not; no data is sent back
+/// but what was sent.
+async fn observe_client_tls(
+    scm: &SidecarMigration,
+    client: &Client,
+    ns: &str,
+    validating: bool,
+) -> Result<(Option<ConfigMap>, Vec<String>), kube::Error> {
+    let Some(tls) = scm.spec.client_tls() else {
+        return Ok((None, Vec::new()));
+    };
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    let name = plan::client_ca_config_map_name(&scm.spec);
+    let client_ca = read(|| config_maps.get_opt(&name)).await?;
+    let mut missing = Vec::new();
+    if validating && tls.source == ClientTlsSource::Secret {
+        let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+        let probe = PostParams {
+            dry_run: true,
+            field_manager: Some(FIELD_MANAGER.into()),
+        };
+        for name in plan::user_secrets(&scm.spec) {
+            let empty = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            match secrets.create(&probe, &empty).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Ok(_) => missing.push(name),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((client_ca, missing))
 }
 
 /// A read, asked once more at once if the answer was a transient failure.
@@ -663,6 +712,14 @@ async fn execute(
                     .await
                     .map(drop)
             }
+            Action::GenerateClientCertificate(ca) => client_cert::run(client, ns, scm, ca).await,
+            Action::DeleteClientCa(uid) => Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .delete(
+                    &plan::client_ca_config_map_name(&scm.spec),
+                    &only(uid, DeleteParams::background()),
+                )
+                .await
+                .map(drop),
             Action::ApplyController(objs) => {
                 roles
                     .patch(&objs.role.name_any(), &apply, &Patch::Apply(&objs.role))

@@ -556,3 +556,73 @@ async fn a_refused_action_is_named_in_its_event() {
         "{refused:?}"
     );
 }
+
+/// Admin API mTLS as deploy/'s identity: a user's Secret probed (missing,
+/// then refused without a refused request), then a generated certificate
+/// through a whole migration and its rollback. Of Secrets the operator may
+/// only create: it can never read one back, nor delete one (a delete answers
+/// with the object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_mtls_needs_create_on_secrets_and_nothing_else_of_them() {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    install_deploy(&case).await;
+    let reviews: Api<SubjectAccessReview> = Api::all(case.client.clone());
+    for verb in [
+        "create",
+        "get",
+        "list",
+        "watch",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+    ] {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(SERVICE_ACCOUNT.into()),
+                resource_attributes: Some(ResourceAttributes {
+                    resource: Some("secrets".into()),
+                    verb: Some(verb.into()),
+                    namespace: Some(case.ns.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let allowed = reviews
+            .create(&Default::default(), &review)
+            .await
+            .expect("SubjectAccessReview")
+            .status
+            .is_some_and(|s| s.allowed);
+        assert_eq!(allowed, verb == "create", "{verb} on Secrets");
+    }
+    let lease = format!("rbac-mtls-{}", case.ns);
+    let _replica = Replica::start(&case, "rbac", &lease).await;
+    case.start(
+        "missing",
+        json!({ "proxyDeployment": PROXY, "adminApi": { "clientTLS": {
+            "source": "Secret", "secretName": "admin-client" } } }),
+    )
+    .await;
+    let failed = case.wait_phase("missing", Phase::Failed).await;
+    assert_eq!(
+        condition(&failed, "Stalled"),
+        ("True", "ClientCertificateSecretNotFound")
+    );
+    case.assert_nothing_refused("missing").await;
+    case.delete_and_wait_gone("missing").await;
+    case.start(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "adminApi": { "clientTLS": { "source": "Generate" } } }),
+    )
+    .await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    case.set("kong", json!({ "rollback": true })).await;
+    case.wait_phase("kong", Phase::RolledBack).await;
+    case.assert_nothing_refused("kong").await;
+}

@@ -146,5 +146,15 @@ fn template_drift(proxy: &Deployment, spec: &SidecarMigrationSpec) -> Option<Str
             kong::ENV_ADMIN_LISTEN
         ));
     }
+    // With clientTLS, an Admin API on the pod network that no longer
+    // demands a client certificate is more open than asked for.
+    if spec.client_tls().is_some()
+        && env_value(proxy_c, kong::ENV_ADMIN_SSL_VERIFY_CLIENT).as_deref() != Some("on")
+    {
+        return Some(format!(
+            "{} is no longer on: the Admin API no longer demands a client certificate",
+            kong::ENV_ADMIN_SSL_VERIFY_CLIENT
+        ));
+    }
     None
 }

@@ -18,6 +18,7 @@ pub fn handoff(
     scm: &SidecarMigration,
     proxy: &Deployment,
     sidecar: Option<&Container>,
+    client_secret: Option<&str>,
 ) -> Option<Handoff> {
     let (release, namespace) = helm_release(&proxy.metadata)?;
     let spec = &scm.spec;
@@ -82,10 +83,18 @@ pub fn handoff(
     {
         controller["ingressController"]["image"] = json!({ "repository": repository, "tag": tag });
     }
-    let gateway = json!({
+    let mut gateway = json!({
         "ingressController": { "enabled": false },
         "admin": { "enabled": true, "type": "ClusterIP", "clusterIP": "None" },
     });
+    // Admin API mTLS: the chart's own values for what the operator rendered.
+    if let Some(secret) = client_secret {
+        let (on_controller, on_gateway, note) =
+            super::render::client_tls_handoff_values(spec, secret);
+        controller["ingressController"]["adminApi"] = json!({ "tls": { "client": on_controller } });
+        gateway["admin"]["tls"] = json!({ "client": on_gateway });
+        notes.extend(note);
+    }
     let yaml = |v: &serde_json::Value| serde_saphyr::to_string(v).unwrap_or_default();
     Some(Handoff {
         releases: vec![

@@ -3,6 +3,7 @@
 //! take next and the events that tell a person what happened. No I/O here; the
 //! current time is an input, so every transition is a table-driven unit test.
 
+mod client_tls;
 mod deadline;
 mod drift;
 mod facts;
@@ -16,7 +17,7 @@ mod validate;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -34,8 +35,9 @@ pub use facts::{
 };
 pub use handoff::handoff;
 pub use render::{
-    Rollout, admin_network_policy, admin_service, controller_objects, migrate_template,
-    others_select, restore_template, with_rollout,
+    Rollout, admin_network_policy, admin_service, client_ca_config_map_name, controller_objects,
+    generated_secret, generated_secret_prefix, migrate_template, others_select, restore_template,
+    user_secrets, with_rollout,
 };
 use steps::step_done_event;
 pub use steps::step_list;
@@ -63,6 +65,11 @@ pub struct Observed {
     /// Every NetworkPolicy in the namespace: ours, and those that already
     /// restrict the gateway pods.
     pub network_policies: Vec<NetworkPolicy>,
+    /// `clientTLS: Generate`: the CA ConfigMap, ours or not.
+    pub client_ca: Option<ConfigMap>,
+    /// `clientTLS: Secret`: the Secrets it names that do not exist (probed
+    /// while validating, without reading them).
+    pub missing_client_secrets: Vec<String>,
     /// The three reads above were skipped ([`reads_rbac_and_policies`]).
     pub skipped_rbac_reads: bool,
     /// The other SidecarMigrations in the namespace.
@@ -98,6 +105,14 @@ pub enum Action {
     ReplaceProxy(Box<Deployment>),
     ApplyAdminService(Box<Service>),
     ApplyNetworkPolicy(Box<NetworkPolicy>),
+    /// `clientTLS: Generate`: create this CA ConfigMap (or take the
+    /// unfinished one of ours), a Secret with a new self-signed client
+    /// certificate owned by it, then write the certificate and the Secret's
+    /// name into it (see `plan/client_tls.rs`).
+    GenerateClientCertificate(Box<ConfigMap>),
+    /// Delete the CA ConfigMap with this uid (the garbage collector deletes
+    /// the generated Secrets it owns).
+    DeleteClientCa(String),
     /// Delete the Admin API NetworkPolicy with this uid.
     DeleteNetworkPolicy(String),
     ApplyController(Box<ControllerObjects>),
@@ -127,6 +142,11 @@ impl Action {
                 format!("the apply of NetworkPolicy {}", n.name_any())
             }
             Action::DeleteNetworkPolicy(_) => "the deletion of the Admin API NetworkPolicy".into(),
+            Action::GenerateClientCertificate(c) => format!(
+                "the generation of the Admin API client certificate published in ConfigMap {}",
+                c.name_any()
+            ),
+            Action::DeleteClientCa(_) => "the deletion of the Admin API client CA ConfigMap".into(),
             Action::ApplyController(o) => format!(
                 "the apply of Deployment {} and its Role and RoleBinding",
                 o.deployment.name_any()
@@ -447,7 +467,9 @@ impl<'a> Planner<'a> {
                 .and_then(|d| d.spec.as_ref()?.template.spec.as_ref()?.containers.first())
                 .cloned()
                 .or_else(|| render::original_sidecar(original, proxy, self.spec).ok());
-            self.status.handoff = handoff(self.scm, proxy, sidecar.as_ref());
+            let client_secret = render::client_secret(self.scm, self.obs.client_ca.as_ref());
+            self.status.handoff =
+                handoff(self.scm, proxy, sidecar.as_ref(), client_secret.as_deref());
         }
         self.transition(Phase::Succeeded, false, "MigrationSucceeded", message);
         self.health_for_phase()

@@ -196,6 +196,9 @@ impl Planner<'_> {
         {
             actions.push(Action::DeleteNetworkPolicy(uid));
         }
+        if let Some(uid) = self.client_ca_to_delete() {
+            actions.push(Action::DeleteClientCa(uid));
+        }
         if let Some(svc) = &self.obs.admin_service {
             match &original.adopted_admin_service {
                 Some(adopted) => {

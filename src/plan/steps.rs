@@ -100,6 +100,12 @@ impl Planner<'_> {
             self.status.original = Some(original);
         }
         let mut actions = Vec::new();
+        // Before the gateways demand a client certificate.
+        match self.client_ca_to_generate(&proxy) {
+            Ok(Some(ca)) => actions.push(Action::GenerateClientCertificate(Box::new(ca))),
+            Ok(None) => {}
+            Err(taken) => return taken,
+        }
         // Before the Admin API leaves loopback.
         if let Some(policy) = self.network_policy_to_apply(&proxy) {
             actions.push(Action::ApplyNetworkPolicy(Box::new(policy)));
@@ -223,12 +229,19 @@ impl Planner<'_> {
                 self.spec.admin_service_name()
             ));
         }
-        let Some(objects) = controller_objects(self.scm, proxy, self.original()) else {
+        let client_secret = match self.controller_client_secret() {
+            Ok(secret) => secret,
+            Err(wait) => return wait,
+        };
+        let Some(mut objects) = controller_objects(self.scm, proxy, self.original()) else {
             return Outcome::Fail(
                 "OriginalUnreadable",
                 "status.original.sidecar is not a container; set spec.rollback: true".into(),
             );
         };
+        if let Some(secret) = client_secret {
+            super::render::present_client_certificate(&mut objects.deployment, &secret);
+        }
         Outcome::Act(
             vec![Action::ApplyController(Box::new(objects))],
             format!(

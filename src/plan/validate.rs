@@ -97,6 +97,9 @@ impl Planner<'_> {
         if let Some(problem) = self.foreign_admin_service(proxy) {
             return Outcome::Fail("AdminServiceNotKong", problem);
         }
+        if let Some(problem) = self.client_tls_problem(pod, sidecar) {
+            return problem;
+        }
         if selector_labels(proxy).is_empty() {
             return Outcome::Fail(
                 "UnsupportedSelector",
@@ -548,6 +551,10 @@ fn planned_changes(
             ),
         );
     }
+    out.extend(super::client_tls::planned_changes(
+        spec,
+        Phase::DisablingSidecar,
+    ));
     let service_verb = match &obs.admin_service {
         Some(s) if !is_ours(&s.metadata, scm) => "adopt",
         _ => "create headless",
@@ -592,6 +599,10 @@ fn planned_changes(
         Phase::DeployingController,
         &format!("Role/{}-endpointslices", spec.controller_name()),
         "create with RoleBinding: get, list, watch discovery.k8s.io endpointslices".into(),
+    ));
+    out.extend(super::client_tls::planned_changes(
+        spec,
+        Phase::DeployingController,
     ));
     let legacy = legacy_pod_names(spec, obs);
     let how = match spec.cutover {

@@ -17,6 +17,7 @@
 //! | KIC keeps admin Service ports named in `CONTROLLER_KONG_ADMIN_SVC_PORT_NAMES`, default `admin,admin-tls,kong-admin,kong-admin-tls` | KIC 2.11, 2.12 | `internal/manager/config.go`, KIC #5043 |
 //! | … default `admin-tls,kong-admin-tls` | KIC ≥ 3.0 | same |
 //! | KIC dials `https://<podIP>:<port>` only: a port whose listen lacks `ssl`, a loopback-only listen, a pod not yet listening (start-up), terminating or gone, is unreachable | all | `internal/adminapi/endpoints.go` |
+//! | a gateway that demands a client certificate (`KONG_NGINX_ADMIN_SSL_VERIFY_CLIENT=on`) is unreachable for a controller that presents none (`CONTROLLER_KONG_ADMIN_TLS_CLIENT_CERT_FILE` and `_KEY_FILE` unset) | all | KIC-FACTS "Admin API mTLS is a chart feature"; chart `_helpers.tpl`@kong-2.52.0 |
 //! | an unreachable endpoint at start-up: retried 60 × 1 s, then exit 1; the endpoints tried are those listed when the admin Service first listed any (a pod deleted meanwhile stays in the list, its replacement is not added) | KIC 2.11–3.3, ≥ 3.4.4 | `internal/manager/setup.go` (discover, then a client per address with retries) |
 //! | … exit 1 at once | KIC 3.4.0–3.4.3 | same |
 //! | admin Service missing or without endpoints at start-up: retried forever, `/readyz` failing | KIC ≤ 3.4.3 | same |
@@ -36,7 +37,9 @@
 //! named targetPort) counts as no endpoint.
 //!
 //! Not modelled: CA-verified Admin API TLS (skip-verify, which the chart
-//! always sets, is assumed), 30 s dial hangs, KIC's DNS `service` strategy.
+//! always sets, is assumed), whether the client certificate a controller
+//! presents is one the gateway's CA signed (a test checks the two files'
+//! sources), 30 s dial hangs, KIC's DNS `service` strategy.
 //!
 //! Any other pod is Ready by itself. An image containing `invalid` never
 //! pulls. Pods being deleted turn not Ready and are then deleted for good.
@@ -753,7 +756,7 @@ impl Kubelet {
                         apis.map(|(p, port)| (p.and_then(|p| p.uid()), port))
                             .collect()
                     });
-                    if world.all_reachable(listed) {
+                    if world.all_reachable(listed, a) {
                         let seen = listed
                             .iter()
                             .filter_map(|(u, _)| u.clone())
@@ -895,7 +898,7 @@ impl Kubelet {
             controller_ready.insert(uid(pod));
             let Some(admin) = &admin else { continue };
             for (gateway, port) in world.admin_apis(admin).into_iter().flatten() {
-                let Some(gateway) = gateway.filter(|g| world.reachable(g, port)) else {
+                let Some(gateway) = gateway.filter(|g| world.reachable(g, port, admin)) else {
                     continue;
                 };
                 let gw = uid(gateway);
@@ -1081,6 +1084,8 @@ struct World {
 struct AdminService {
     service: ServiceKey,
     port_names: Vec<String>,
+    /// The controller presents a client certificate.
+    client_cert: bool,
 }
 
 impl World {
@@ -1162,22 +1167,24 @@ impl World {
     }
 
     /// Whether every endpoint KIC read at start-up answers now.
-    fn all_reachable(&self, listed: &[Listed]) -> bool {
+    fn all_reachable(&self, listed: &[Listed], admin: &AdminService) -> bool {
         listed.iter().all(|(uid, port)| {
             let pod = uid
                 .as_ref()
                 .and_then(|u| self.pods.values().find(|p| p.uid().as_ref() == Some(u)));
-            pod.is_some_and(|p| self.reachable(p, *port))
+            pod.is_some_and(|p| self.reachable(p, *port, admin))
         })
     }
 
-    /// Whether KIC could reach the pod's Admin API at `https://<podIP>:<port>`.
-    fn reachable(&self, pod: &Pod, port: i32) -> bool {
+    /// Whether KIC, reading `admin`, could reach the pod's Admin API at
+    /// `https://<podIP>:<port>`.
+    fn reachable(&self, pod: &Pod, port: i32, admin: &AdminService) -> bool {
         pod.metadata.deletion_timestamp.is_none()
             && self.listening.contains(&pod.uid().unwrap_or_default())
-            && proxy_container(pod)
-                .and_then(|c| env(c, "KONG_ADMIN_LISTEN"))
-                .is_some_and(|listen| listens_beyond_loopback(listen, port))
+            && proxy_container(pod).is_some_and(|c| {
+                env(c, "KONG_ADMIN_LISTEN").is_some_and(|l| listens_beyond_loopback(l, port))
+                    && (admin.client_cert || !demands_client_certificate(c))
+            })
     }
 }
 
@@ -1294,6 +1301,7 @@ fn role(pod: &Pod) -> Role {
                         .split(',')
                         .map(|n| n.trim().to_string())
                         .collect(),
+                    client_cert: presents_client_certificate(container),
                 });
             return Role::Controller {
                 container: container.name.clone(),
@@ -1324,6 +1332,19 @@ fn env<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
         .find(|e| e.name == name)?
         .value
         .as_deref()
+}
+
+/// Kong's Admin API demands a client certificate (the chart's
+/// `admin.tls.client.*`): nginx's `ssl_verify_client on`.
+fn demands_client_certificate(proxy: &Container) -> bool {
+    env(proxy, kong::ENV_ADMIN_SSL_VERIFY_CLIENT).is_some_and(|v| v == "on")
+}
+
+/// KIC presents a client certificate (the chart's
+/// `ingressController.adminApi.tls.client.enabled`): both files set.
+fn presents_client_certificate(controller: &Container) -> bool {
+    env(controller, kong::ENV_CONTROLLER_TLS_CLIENT_CERT_FILE).is_some()
+        && env(controller, kong::ENV_CONTROLLER_TLS_CLIENT_KEY_FILE).is_some()
 }
 
 fn image_pull_fails(pod: &Pod) -> bool {
@@ -1603,7 +1624,77 @@ fn container_status(
 
 #[cfg(test)]
 mod tests {
-    use super::listens_beyond_loopback;
+    use super::*;
+
+    #[test]
+    fn a_gateway_demanding_a_client_certificate_is_unreachable_without_one() {
+        let env_of = |vars: &[(&str, &str)]| {
+            Some(
+                vars.iter()
+                    .map(|(n, v)| k8s_openapi::api::core::v1::EnvVar {
+                        name: n.to_string(),
+                        value: Some(v.to_string()),
+                        value_from: None,
+                    })
+                    .collect(),
+            )
+        };
+        let listen = ("KONG_ADMIN_LISTEN", "0.0.0.0:8444 http2 ssl");
+        let gateway = |vars: &[(&str, &str)]| {
+            let mut pod = Pod::default();
+            pod.metadata.uid = Some("gw".into());
+            pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+                containers: vec![Container {
+                    name: "proxy".into(),
+                    image: Some("kong:3.9".into()),
+                    env: env_of(vars),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            pod
+        };
+        let controller = |vars: &[(&str, &str)]| {
+            let c = Container {
+                name: "ingress-controller".into(),
+                env: env_of(vars),
+                ..Default::default()
+            };
+            AdminService {
+                service: ("kong".into(), "kong-kong-admin".into()),
+                port_names: vec!["kong-admin-tls".into()],
+                client_cert: presents_client_certificate(&c),
+            }
+        };
+        let world = World {
+            pods: HashMap::new(),
+            services: HashSet::new(),
+            slices: Vec::new(),
+            listening: HashSet::from(["gw".to_string()]),
+        };
+        let demanding = gateway(&[listen, ("KONG_NGINX_ADMIN_SSL_VERIFY_CLIENT", "on")]);
+        let open = gateway(&[listen]);
+        let cert = [
+            (
+                "CONTROLLER_KONG_ADMIN_TLS_CLIENT_CERT_FILE",
+                "/etc/secrets/admin-api-cert/tls.crt",
+            ),
+            (
+                "CONTROLLER_KONG_ADMIN_TLS_CLIENT_KEY_FILE",
+                "/etc/secrets/admin-api-cert/tls.key",
+            ),
+        ];
+        let cases = [
+            (&demanding, controller(&[]), false),
+            (&demanding, controller(&cert[..1]), false),
+            (&demanding, controller(&cert), true),
+            (&open, controller(&[]), true),
+            (&open, controller(&cert), true),
+        ];
+        for (i, (pod, admin, reachable)) in cases.iter().enumerate() {
+            assert_eq!(world.reachable(pod, 8444, admin), *reachable, "case {i}");
+        }
+    }
 
     #[test]
     fn admin_listen_reachability() {

@@ -3,6 +3,7 @@
 //! controller Deployment and its RBAC.
 
 mod admin_service;
+mod client_tls;
 mod controller;
 mod network_policy;
 mod proxy;
@@ -16,6 +17,11 @@ use crate::api::*;
 
 pub use admin_service::admin_service;
 pub(super) use admin_service::{adopted_service_restored, service_matches};
+pub use client_tls::{
+    already_configured as client_tls_already_configured, client_ca_config_map,
+    client_ca_config_map_name, client_secret, generated_secret, generated_secret_prefix,
+    handoff_values as client_tls_handoff_values, present_client_certificate, user_secrets,
+};
 pub use controller::{controller_objects, discovery_election_id};
 pub use network_policy::{admin_network_policy, others_select};
 pub use proxy::{Rollout, migrate_template, restore_template, with_rollout};

@@ -317,6 +317,7 @@ pub fn migrate_template(proxy: &Deployment, spec: &SidecarMigrationSpec) -> Depl
             );
         }
     }
+    super::client_tls::demand_client_certificate(pod, spec);
     d
 }
 
@@ -417,6 +418,7 @@ pub fn restore_template(
         pod.containers.insert(at, sidecar);
     }
     restore_sidecar_volumes(pod, original);
+    super::client_tls::stop_demanding(pod, spec, original);
     d
 }
 

@@ -228,7 +228,7 @@ fn status_handoff_holds_the_values_the_target_fixtures_were_rendered_from() {
     );
     let original = recorded(&m);
     let sidecar = render::original_sidecar(&original, &source, &m.spec).expect("sidecar");
-    let h = handoff(&m, &source, Some(&sidecar)).expect("a Helm release");
+    let h = handoff(&m, &source, Some(&sidecar), None).expect("a Helm release");
     assert!(h.notes.is_empty(), "{:?}", h.notes);
     let names: Vec<&str> = h.releases.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
@@ -270,6 +270,6 @@ fn status_handoff_holds_the_values_the_target_fixtures_were_rendered_from() {
     // Without a controller release, the duplicate controller is called out.
     let m = in_phase(json!({}), Phase::DeletingLegacyPods, &source);
     let sidecar = render::original_sidecar(&original, &source, &m.spec).expect("sidecar");
-    let h = handoff(&m, &source, Some(&sidecar)).expect("a Helm release");
+    let h = handoff(&m, &source, Some(&sidecar), None).expect("a Helm release");
     assert!(h.notes.iter().any(|n| n.contains("second controller")));
 }
