@@ -387,6 +387,26 @@ pub struct Original {
     /// as they were (rollback restores them instead of deleting the Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted_admin_service: Option<AdoptedService>,
+    /// The admission webhook Service's selector as it was, recorded with the
+    /// status write before the operator points the Service at the
+    /// controller's pods; rollback puts it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_selector: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Where the install's admission webhook is served.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStatus {
+    /// The kong chart's admission webhook Service
+    /// (`<proxyDeployment>-validation-webhook`), which the install's
+    /// ValidatingWebhookConfiguration calls. The operator keeps its name, so
+    /// that configuration never changes.
+    pub service: String,
+    /// The Deployment whose Ready pods the Service lists: the proxy
+    /// Deployment (its sidecars) until a controller pod is Ready on it, then
+    /// the controller Deployment; the proxy Deployment again after rollback.
+    pub served_by: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
@@ -444,6 +464,10 @@ pub struct SidecarMigrationStatus {
     /// <namespace>/<name>` writes the values files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<Handoff>,
+    /// Where the admission webhook is served, when the install has the
+    /// chart's webhook Service (set while validating).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookStatus>,
     /// `current/total` steps, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,

@@ -267,7 +267,7 @@ pub async fn run(
         move |s: Meta<Service>| {
             let name = s.name_any();
             in_namespace(&store, s.namespace(), move |m| {
-                m.spec.admin_service_name() == name
+                m.spec.admin_service_name() == name || plan::webhook_service_name(&m.spec) == name
             })
         }
     };
@@ -281,6 +281,7 @@ pub async fn run(
                 .unwrap_or_default();
             in_namespace(&store, s.namespace(), move |m| {
                 m.spec.admin_service_name() == service
+                    || plan::webhook_service_name(&m.spec) == service
             })
         }
     };
@@ -490,6 +491,7 @@ async fn observe(
         admin.clone(),
     )));
     let admin_slices = read(|| slices.list(&by_service)).await?.items;
+    let (webhook_service, webhook_slices) = observe_webhook(spec, &services, &slices).await?;
     let controller_name = spec.controller_name();
     let controller = read(|| deployments.get_opt(&controller_name)).await?;
     let skipped_rbac_reads = !plan::reads_rbac_and_policies(scm);
@@ -527,6 +529,8 @@ async fn observe(
             .collect(),
         admin_service,
         admin_slices,
+        webhook_service,
+        webhook_slices,
         sidecar_only_services,
         controller,
         controller_role,
@@ -537,6 +541,27 @@ async fn observe(
         ..Default::default()
     };
     Ok((observed, fresh.into_iter().next()))
+}
+
+/// The chart's admission webhook Service and its EndpointSlices, if there is
+/// one by the chart's name (a name too long for a Service names none).
+async fn observe_webhook(
+    spec: &SidecarMigrationSpec,
+    services: &Api<Service>,
+    slices: &Api<EndpointSlice>,
+) -> Result<(Option<Service>, Vec<EndpointSlice>), kube::Error> {
+    let name = plan::webhook_service_name(spec);
+    if name.len() > 63 {
+        return Ok((None, Vec::new()));
+    }
+    let Some(svc) = read(|| services.get_opt(&name)).await? else {
+        return Ok((None, Vec::new()));
+    };
+    let by_service = ListParams::default().labels_from(&Selector::from(Expression::Equal(
+        kong::SERVICE_NAME_LABEL.into(),
+        name,
+    )));
+    Ok((Some(svc), read(|| slices.list(&by_service)).await?.items))
 }
 
 /// A read, asked once more at once if the answer was a transient failure.
@@ -709,6 +734,13 @@ async fn execute(
                         .map(drop),
                     None => Ok(()),
                 }
+            }
+            Action::RepointWebhook(s) => {
+                let pp = PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                services.replace(&s.name_any(), &pp, s).await.map(drop)
             }
             Action::DeleteAdminService => services
                 .delete(&scm.spec.admin_service_name(), &DeleteParams::default())

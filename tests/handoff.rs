@@ -71,11 +71,18 @@ async fn gateway_release_takes_over_without_a_roll(version: &str) {
                 .expect("values file written");
         assert_eq!(written, release.values);
     }
+    // The webhook moved to the controller (tests/webhook.rs): no warning
+    // for it, and status says where it is served.
     assert!(
-        warnings.iter().any(|w| w.starts_with(
-            "Service kong-kong-validation-webhook selects the gateway pods on port webhook"
-        )),
-        "chart {version}: status names the webhook the sidecar alone served: {warnings:?}"
+        !warnings
+            .iter()
+            .any(|w| w.starts_with("Service kong-kong-validation-webhook")),
+        "chart {version}: {warnings:?}"
+    );
+    assert_eq!(
+        status.webhook.map(|w| w.served_by).as_deref(),
+        Some(CHART_CONTROLLER),
+        "chart {version}"
     );
     let before = replica_sets_of(&case, "kong").await;
     let controller_before = replica_sets_of(&case, "kong-controller").await;

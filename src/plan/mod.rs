@@ -12,6 +12,7 @@ mod rollback;
 mod status;
 mod steps;
 mod validate;
+mod webhook;
 
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ pub use render::{
 };
 use steps::step_done_event;
 pub use steps::step_list;
+pub use webhook::webhook_service_name;
 
 /// Everything the decision needs, read fresh for each reconcile.
 #[derive(Clone, Debug, Default)]
@@ -63,6 +65,10 @@ pub struct Observed {
     /// Every NetworkPolicy in the namespace: ours, and those that already
     /// restrict the gateway pods.
     pub network_policies: Vec<NetworkPolicy>,
+    /// The chart's admission webhook Service (`webhook_service_name`), if
+    /// any, and its EndpointSlices.
+    pub webhook_service: Option<Service>,
+    pub webhook_slices: Vec<EndpointSlice>,
     /// The three reads above were skipped ([`reads_rbac_and_policies`]).
     pub skipped_rbac_reads: bool,
     /// The other SidecarMigrations in the namespace.
@@ -110,6 +116,10 @@ pub enum Action {
         role_binding: Option<String>,
     },
     DeleteAdminService,
+    /// Replace the admission webhook Service (its selector moved to the
+    /// controller's pods, or back); carries the resourceVersion it was
+    /// computed from.
+    RepointWebhook(Box<Service>),
     /// Delete a ReplicaSet but leave its pods, so that evicted legacy pods are
     /// not replaced (Kong's documented order only).
     OrphanReplicaSet(String),
@@ -135,6 +145,7 @@ impl Action {
                 "the deletion of the controller Deployment and its RBAC".into()
             }
             Action::DeleteAdminService => "the deletion of the admin Service".into(),
+            Action::RepointWebhook(s) => format!("the update of Service {}", s.name_any()),
             Action::OrphanReplicaSet(rs) => format!("the deletion of ReplicaSet {rs}"),
             Action::EvictPod(pod) => format!("the eviction of pod {pod}"),
             Action::RemoveFinalizer => "the removal of the finalizer".into(),

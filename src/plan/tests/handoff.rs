@@ -6,7 +6,11 @@ use super::*;
 
 /// The `kind` object named `name` in `tests/fixtures/<file>`, for namespace
 /// `kong`, with the annotations `helm install` adds to what it renders.
-fn chart_object<T: serde::de::DeserializeOwned>(file: &str, kind: &str, name: &str) -> T {
+pub(super) fn chart_object<T: serde::de::DeserializeOwned>(
+    file: &str,
+    kind: &str,
+    name: &str,
+) -> T {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(file);

@@ -18,6 +18,7 @@ mod lifecycle;
 mod rollback;
 mod steps;
 mod validate;
+mod webhook;
 
 const NS: &str = "kong";
 
