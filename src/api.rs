@@ -161,7 +161,10 @@ pub struct ControllerSpec {
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
     pub name: Option<String>,
     /// The Helm release that will own the controller after the hand-off
-    /// (Kong's controller release, e.g. `kong-controller`). Where the proxy
+    /// (Kong's controller release, e.g. `kong-controller`). Default, when
+    /// neither this nor `name` is set and the proxy Deployment is a Helm
+    /// release's: `<release>-controller`, pinned in status.controllerRelease
+    /// while validating. Where the proxy
     /// Deployment is a Helm release's, the controller is then named and
     /// shaped as the kong chart renders that release (Deployment
     /// `<release>-kong`, the chart's selector and labels, Helm's ownership
@@ -464,6 +467,12 @@ pub struct SidecarMigrationStatus {
     /// <namespace>/<name>` writes the values files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<Handoff>,
+    /// The controller release the migration uses (`spec.controller.release`,
+    /// or by default `<release>-controller` for a proxy Deployment that Helm
+    /// installed as `<release>`), pinned while validating: relabelling the
+    /// proxy Deployment later renames nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_release: Option<String>,
     /// Where the admission webhook is served, when the install has the
     /// chart's webhook Service (set while validating).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -254,7 +254,11 @@ pub async fn run(
         move |d: Meta<Deployment>| {
             let name = d.name_any();
             in_namespace(&store, d.namespace(), move |m| {
-                m.spec.proxy_deployment == name || m.spec.controller_name() == name
+                m.spec.proxy_deployment == name
+                    || plan::with_controller_release(m, None)
+                        .spec
+                        .controller_name()
+                        == name
             })
         }
     };
@@ -435,6 +439,8 @@ async fn reconcile_once(scm: &SidecarMigration, ctx: &Context) -> Result<Requeue
     let Some(scm) = fresh else {
         return Ok(Requeue::await_change());
     };
+    // The names the executor derives follow the release the plan uses.
+    let scm = plan::with_controller_release(&scm, observed.proxy.as_ref()).into_owned();
     observed.slot = ctx.slots.check(&scm);
     observed.policy = ctx.policy.clone();
     let plan = plan::plan(&scm, &observed, Timestamp::now());
@@ -450,6 +456,8 @@ async fn observe(
     let spec = &scm.spec;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let proxy = read(|| deployments.get_opt(&spec.proxy_deployment)).await?;
+    let effective = plan::with_controller_release(scm, proxy.as_ref());
+    let spec = &effective.spec;
     let selector: Selector = proxy
         .as_ref()
         .map(plan::selector_labels)

@@ -362,12 +362,15 @@ async fn delete_dropped(case: &Case, before: &str, after: &str) {
 
 async fn hand_off_in_order_keeps_every_permission(version: &str) {
     let case = Case::installed_by_helm(&format!("chart-{version}-sidecar.yaml")).await;
-    case.start(
-        "kong",
-        json!({ "proxyDeployment": PROXY, "controller": { "release": "kong-controller" } }),
-    )
-    .await;
-    case.wait_phase("kong", Phase::Succeeded).await;
+    // No controller release named: Helm's release `kong` gives the default.
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    let m = case.wait_phase("kong", Phase::Succeeded).await;
+    assert_eq!(
+        m.status.and_then(|s| s.controller_release).as_deref(),
+        Some("kong-controller"),
+        "chart {version}: pinned while validating"
+    );
     assert_controller_keeps_every_permission(&case, version, "at Succeeded").await;
     // status.handoff's order: the controller release first ...
     apply_fixture_as_helm(

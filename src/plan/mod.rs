@@ -7,6 +7,7 @@ mod deadline;
 mod drift;
 mod facts;
 mod handoff;
+mod release;
 mod render;
 mod rollback;
 mod status;
@@ -34,6 +35,7 @@ pub use facts::{
     template_container,
 };
 pub use handoff::handoff;
+pub use release::{controller_release, default_controller_release, with_controller_release};
 pub use render::{
     Rollout, admin_network_policy, admin_service, controller_objects, migrate_template,
     others_select, restore_template, with_rollout,
@@ -227,6 +229,8 @@ pub fn reads_rbac_and_policies(scm: &SidecarMigration) -> bool {
 }
 
 pub fn plan(scm: &SidecarMigration, obs: &Observed, now: Timestamp) -> Plan {
+    let scm = with_controller_release(scm, obs.proxy.as_ref());
+    let scm = scm.as_ref();
     // The label selector also finds pods of any other Deployment that shares
     // the chart's labels: only the proxy Deployment's own are legacy or new.
     let own = Observed {

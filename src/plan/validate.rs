@@ -212,6 +212,8 @@ impl Planner<'_> {
             }
             self.status.warnings = warnings;
         }
+        // Pinned: names derived from it never change mid-migration.
+        self.status.controller_release = spec.controller_release().map(str::to_string);
         self.status.plan = planned_changes(spec, self.scm, proxy, sidecar, proxy_c, self.obs);
         if let Some(w) = &webhook {
             let at = self

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 mod drift;
 mod handoff;
 mod lifecycle;
+mod release;
 mod rollback;
 mod steps;
 mod validate;
