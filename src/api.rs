@@ -443,7 +443,15 @@ pub struct HandoffRelease {
     pub chart_version: Option<String>,
     /// The release's values, as a YAML document to commit or pass with `-f`.
     pub values: String,
+    /// Commands to run first, in order: handing the IngressClass to the
+    /// controller release, so that its install adopts it and the gateway
+    /// release's upgrade leaves it (`helm.sh/resource-policy: keep`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before: Vec<String>,
     pub command: String,
+    /// Commands to run once `command` has, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 /// One change a step makes, listed in status.plan (also in dry run).

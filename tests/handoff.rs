@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::IngressClass;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::json;
@@ -62,7 +63,8 @@ async fn gateway_release_takes_over_without_a_roll(version: &str) {
     let want: Vec<&str> = handoff
         .releases
         .iter()
-        .map(|r| r.command.as_str())
+        .flat_map(|r| r.before.iter().chain([&r.command]).chain(&r.after))
+        .map(String::as_str)
         .collect();
     assert_eq!(commands.lines().collect::<Vec<_>>(), want);
     for release in &handoff.releases {
@@ -328,7 +330,8 @@ async fn assert_controller_keeps_every_permission(case: &Case, version: &str, mo
 }
 
 /// `helm upgrade` deletes what the previous release rendered and the new
-/// one does not.
+/// one does not, except an object whose live annotations say
+/// `helm.sh/resource-policy: keep` (Helm reads it before deleting).
 async fn delete_dropped(case: &Case, before: &str, after: &str) {
     use kube::api::{DeleteParams, DynamicObject, GroupVersionKind};
     use kube::discovery::{Scope, pinned_kind};
@@ -354,53 +357,143 @@ async fn delete_dropped(case: &Case, before: &str, after: &str) {
             Scope::Namespaced => Api::namespaced_with(case.client.clone(), &case.ns, &resource),
             Scope::Cluster => Api::all_with(case.client.clone(), &resource),
         };
+        let live = api.get(&object.name_any()).await.expect("live object");
+        if live
+            .annotations()
+            .get("helm.sh/resource-policy")
+            .map(String::as_str)
+            == Some("keep")
+        {
+            continue;
+        }
         api.delete(&object.name_any(), &DeleteParams::default())
             .await
             .expect("helm deletes what it no longer renders");
     }
 }
 
-async fn hand_off_in_order_keeps_every_permission(version: &str) {
+/// The install's IngressClass (`kong`, which testenv names per namespace),
+/// which must exist at every step of the hand-off: Ingresses name it.
+async fn assert_ingress_class(case: &Case, version: &str, moment: &str) -> IngressClass {
+    let name = format!("kong-{}", case.ns);
+    let class = Api::<IngressClass>::all(case.client.clone())
+        .get_opt(&name)
+        .await
+        .expect("get");
+    class.unwrap_or_else(|| panic!("chart {version}, {moment}: IngressClass {name} is absent"))
+}
+
+/// Runs a `kubectl ...` line of status.handoff as written.
+async fn run(case: &Case, command: &str) {
+    let mut words = command.split_whitespace();
+    assert_eq!(words.next(), Some("kubectl"), "{command}");
+    case.kubectl(&words.collect::<Vec<_>>()).await;
+}
+
+/// The hand-off as status.handoff orders it, each release as Helm applies
+/// it, with every command it lists before and after: the controller never
+/// lacks a permission, and IngressClass `kong` is never absent.
+async fn hand_off_in_order(version: &str) {
     let case = Case::installed_by_helm(&format!("chart-{version}-sidecar.yaml")).await;
     // No controller release named: Helm's release `kong` gives the default.
     case.start("kong", json!({ "proxyDeployment": PROXY }))
         .await;
     let m = case.wait_phase("kong", Phase::Succeeded).await;
+    let status = m.status.unwrap_or_default();
     assert_eq!(
-        m.status.and_then(|s| s.controller_release).as_deref(),
+        status.controller_release.as_deref(),
         Some("kong-controller"),
         "chart {version}: pinned while validating"
     );
+    let handoff = status.handoff.expect("status.handoff");
+    let order: Vec<&str> = handoff.releases.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(order, ["kong-controller", "kong"], "chart {version}");
     assert_controller_keeps_every_permission(&case, version, "at Succeeded").await;
-    // status.handoff's order: the controller release first ...
-    apply_fixture_as_helm(
-        &case.client,
-        &case.ns,
-        &format!("chart-{version}-controller-release.yaml"),
-        "kong-controller",
-    )
-    .await
-    .expect("the controller release applies");
-    assert_controller_keeps_every_permission(&case, version, "while the controller rolls").await;
-    case.wait_rollout(CHART_CONTROLLER).await;
-    assert_controller_keeps_every_permission(&case, version, "controller release installed").await;
-    // ... then the gateway release's upgrade, which drops the sidecar's RBAC.
+    assert_ingress_class(&case, version, "at Succeeded").await;
     let sidecar = format!("chart-{version}-sidecar.yaml");
-    let gateway = format!("chart-{version}-gateway-release.yaml");
-    apply_fixture_as_helm(&case.client, &case.ns, &gateway, "kong")
+    for release in &handoff.releases {
+        for command in &release.before {
+            run(&case, command).await;
+            assert_ingress_class(&case, version, command).await;
+        }
+        if release.name == "kong-controller" {
+            // `helm install kong-controller`: Helm's ownership check on what
+            // exists, then the apply.
+            let class = assert_ingress_class(&case, version, "before helm install").await;
+            assert_eq!(
+                helm_can_adopt(&class.metadata, "kong-controller", &case.ns),
+                Ok(()),
+                "chart {version}: helm install adopts the IngressClass"
+            );
+            apply_fixture_as_helm(
+                &case.client,
+                &case.ns,
+                &format!("chart-{version}-controller-release.yaml"),
+                "kong-controller",
+            )
+            .await
+            .expect("the controller release applies");
+            assert_controller_keeps_every_permission(&case, version, "while the controller rolls")
+                .await;
+            case.wait_rollout(CHART_CONTROLLER).await;
+            assert_controller_keeps_every_permission(
+                &case,
+                version,
+                "controller release installed",
+            )
+            .await;
+        } else {
+            // `helm upgrade kong`: it drops the sidecar's RBAC and whatever
+            // else it no longer renders.
+            let gateway = format!("chart-{version}-gateway-release.yaml");
+            apply_fixture_as_helm(&case.client, &case.ns, &gateway, "kong")
+                .await
+                .expect("the gateway release applies");
+            delete_dropped(&case, &sidecar, &gateway).await;
+            assert_ingress_class(&case, version, "gateway release upgraded").await;
+            case.wait_rollout(PROXY).await;
+            assert_controller_keeps_every_permission(&case, version, "gateway release upgraded")
+                .await;
+        }
+        assert_ingress_class(&case, version, &release.command).await;
+        for command in &release.after {
+            run(&case, command).await;
+            assert_ingress_class(&case, version, command).await;
+        }
+    }
+    // The controller release owns the class alone, and runs the one controller.
+    let class = assert_ingress_class(&case, version, "at the end").await;
+    assert_eq!(
+        helm_can_adopt(&class.metadata, "kong-controller", &case.ns),
+        Ok(())
+    );
+    assert!(
+        !class.annotations().contains_key("helm.sh/resource-policy"),
+        "chart {version}: {:?}",
+        class.annotations()
+    );
+    let deployments: Vec<String> = case
+        .deployments()
+        .list(&ListParams::default())
         .await
-        .expect("the gateway release applies");
-    delete_dropped(&case, &sidecar, &gateway).await;
-    case.wait_rollout(PROXY).await;
-    assert_controller_keeps_every_permission(&case, version, "gateway release upgraded").await;
+        .expect("deployments")
+        .items
+        .iter()
+        .map(|d| d.name_any())
+        .collect();
+    assert_eq!(
+        deployments,
+        [CHART_CONTROLLER, PROXY],
+        "chart {version}: one gateway and one controller Deployment"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chart_2_52_hand_off_in_order_keeps_every_permission() {
-    hand_off_in_order_keeps_every_permission("2.52.0").await;
+async fn chart_2_52_hand_off_in_order_keeps_every_permission_and_the_ingress_class() {
+    hand_off_in_order("2.52.0").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chart_2_30_hand_off_in_order_keeps_every_permission() {
-    hand_off_in_order_keeps_every_permission("2.30.0").await;
+async fn chart_2_30_hand_off_in_order_keeps_every_permission_and_the_ingress_class() {
+    hand_off_in_order("2.30.0").await;
 }
