@@ -21,7 +21,9 @@ pub const HELM_MANAGED_BY: &str = "Helm";
 pub const HELM_RELEASE_NAME: &str = "meta.helm.sh/release-name";
 pub const HELM_RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
 /// On every object the operator renders for a Helm release (whose
-/// `managed-by` is then Helm's): the operator's watches find them by it.
+/// `managed-by` is then Helm's), and on the chart's admission webhook
+/// Service while it selects the controller's pods: the operator's watches
+/// find them, and their EndpointSlices, by it.
 pub const HANDOFF_LABEL: &str = "sidecar-migrator.dev/handed-over";
 /// Names the SidecarMigration that owns an object (no ownerReference: a
 /// Succeeded migration's objects must outlive the CR).
