@@ -21,7 +21,9 @@ pub const HELM_MANAGED_BY: &str = "Helm";
 pub const HELM_RELEASE_NAME: &str = "meta.helm.sh/release-name";
 pub const HELM_RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
 /// On every object the operator renders for a Helm release (whose
-/// `managed-by` is then Helm's): the operator's watches find them by it.
+/// `managed-by` is then Helm's), and on the chart's admission webhook
+/// Service while it selects the controller's pods: the operator's watches
+/// find them, and their EndpointSlices, by it.
 pub const HANDOFF_LABEL: &str = "sidecar-migrator.dev/handed-over";
 /// Names the SidecarMigration that owns an object (no ownerReference: a
 /// Succeeded migration's objects must outlive the CR).
@@ -206,7 +208,10 @@ pub struct ControllerSpec {
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
     pub name: Option<String>,
     /// The Helm release that will own the controller after the hand-off
-    /// (Kong's controller release, e.g. `kong-controller`). Where the proxy
+    /// (Kong's controller release, e.g. `kong-controller`). Default, when
+    /// neither this nor `name` is set and the proxy Deployment is a Helm
+    /// release's: `<release>-controller`, pinned in status.controllerRelease
+    /// while validating. Where the proxy
     /// Deployment is a Helm release's, the controller is then named and
     /// shaped as the kong chart renders that release (Deployment
     /// `<release>-kong`, the chart's selector and labels, Helm's ownership
@@ -435,6 +440,26 @@ pub struct Original {
     /// as they were (rollback restores them instead of deleting the Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted_admin_service: Option<AdoptedService>,
+    /// The admission webhook Service's selector as it was, recorded with the
+    /// status write before the operator points the Service at the
+    /// controller's pods; rollback puts it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_selector: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Where the install's admission webhook is served.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStatus {
+    /// The kong chart's admission webhook Service
+    /// (`<proxyDeployment>-validation-webhook`), which the install's
+    /// ValidatingWebhookConfiguration calls. The operator keeps its name, so
+    /// that configuration never changes.
+    pub service: String,
+    /// The Deployment whose Ready pods the Service lists: the proxy
+    /// Deployment (its sidecars) until a controller pod is Ready on it, then
+    /// the controller Deployment; the proxy Deployment again after rollback.
+    pub served_by: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
@@ -468,7 +493,15 @@ pub struct HandoffRelease {
     pub chart_version: Option<String>,
     /// The release's values, as a YAML document to commit or pass with `-f`.
     pub values: String,
+    /// Commands to run first, in order: handing the IngressClass to the
+    /// controller release, so that its install adopts it and the gateway
+    /// release's upgrade leaves it (`helm.sh/resource-policy: keep`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before: Vec<String>,
     pub command: String,
+    /// Commands to run once `command` has, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 /// One change a step makes, listed in status.plan (also in dry run).
@@ -492,6 +525,16 @@ pub struct SidecarMigrationStatus {
     /// <namespace>/<name>` writes the values files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<Handoff>,
+    /// The controller release the migration uses (`spec.controller.release`,
+    /// or by default `<release>-controller` for a proxy Deployment that Helm
+    /// installed as `<release>`), pinned while validating: relabelling the
+    /// proxy Deployment later renames nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_release: Option<String>,
+    /// Where the admission webhook is served, when the install has the
+    /// chart's webhook Service (set while validating).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookStatus>,
     /// `current/total` steps, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,

@@ -395,7 +395,11 @@ async fn reactions(mut seen: Observer, cutover: Cutover) -> [Option<Duration>; 3
         let status = scm.status.clone().unwrap_or_default();
         let phase = status.phase;
         let controller_available = seen
-            .deployment(&scm.spec.controller_name())
+            .deployment(
+                &crate::plan::with_controller_release(&scm, None)
+                    .spec
+                    .controller_name(),
+            )
             .is_some_and(|d| crate::plan::deployment_available(&d));
         let gateway_ready = seen
             .gateway_pods()

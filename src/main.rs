@@ -91,7 +91,14 @@ async fn handoff(args: HandoffArgs) -> anyhow::Result<()> {
         eprintln!("note: {note}");
     }
     for release in &handoff.releases {
-        println!("{}", release.command);
+        for command in release
+            .before
+            .iter()
+            .chain([&release.command])
+            .chain(&release.after)
+        {
+            println!("{command}");
+        }
     }
     Ok(())
 }

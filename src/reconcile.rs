@@ -256,7 +256,11 @@ pub async fn run(
         move |d: Meta<Deployment>| {
             let name = d.name_any();
             in_namespace(&store, d.namespace(), move |m| {
-                m.spec.proxy_deployment == name || m.spec.controller_name() == name
+                m.spec.proxy_deployment == name
+                    || plan::with_controller_release(m, None)
+                        .spec
+                        .controller_name()
+                        == name
             })
         }
     };
@@ -269,7 +273,7 @@ pub async fn run(
         move |s: Meta<Service>| {
             let name = s.name_any();
             in_namespace(&store, s.namespace(), move |m| {
-                m.spec.admin_service_name() == name
+                m.spec.admin_service_name() == name || plan::webhook_service_name(&m.spec) == name
             })
         }
     };
@@ -283,6 +287,7 @@ pub async fn run(
                 .unwrap_or_default();
             in_namespace(&store, s.namespace(), move |m| {
                 m.spec.admin_service_name() == service
+                    || plan::webhook_service_name(&m.spec) == service
             })
         }
     };
@@ -436,6 +441,8 @@ async fn reconcile_once(scm: &SidecarMigration, ctx: &Context) -> Result<Requeue
     let Some(scm) = fresh else {
         return Ok(Requeue::await_change());
     };
+    // The names the executor derives follow the release the plan uses.
+    let scm = plan::with_controller_release(&scm, observed.proxy.as_ref()).into_owned();
     observed.slot = ctx.slots.check(&scm);
     observed.policy = ctx.policy.clone();
     let plan = plan::plan(&scm, &observed, Timestamp::now());
@@ -451,6 +458,8 @@ async fn observe(
     let spec = &scm.spec;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let proxy = read(|| deployments.get_opt(&spec.proxy_deployment)).await?;
+    let effective = plan::with_controller_release(scm, proxy.as_ref());
+    let spec = &effective.spec;
     let selector: Selector = proxy
         .as_ref()
         .map(plan::selector_labels)
@@ -492,6 +501,7 @@ async fn observe(
         admin.clone(),
     )));
     let admin_slices = read(|| slices.list(&by_service)).await?.items;
+    let (webhook_service, webhook_slices) = observe_webhook(spec, &services, &slices).await?;
     let controller_name = spec.controller_name();
     let controller = read(|| deployments.get_opt(&controller_name)).await?;
     let skipped_rbac_reads = !plan::reads_rbac_and_policies(scm);
@@ -531,6 +541,8 @@ async fn observe(
             .collect(),
         admin_service,
         admin_slices,
+        webhook_service,
+        webhook_slices,
         sidecar_only_services,
         controller,
         controller_role,
@@ -586,6 +598,27 @@ async fn observe_client_tls(
         }
     }
     Ok((client_ca, missing))
+}
+
+/// The chart's admission webhook Service and its EndpointSlices, if there is
+/// one by the chart's name (a name too long for a Service names none).
+async fn observe_webhook(
+    spec: &SidecarMigrationSpec,
+    services: &Api<Service>,
+    slices: &Api<EndpointSlice>,
+) -> Result<(Option<Service>, Vec<EndpointSlice>), kube::Error> {
+    let name = plan::webhook_service_name(spec);
+    if name.len() > 63 {
+        return Ok((None, Vec::new()));
+    }
+    let Some(svc) = read(|| services.get_opt(&name)).await? else {
+        return Ok((None, Vec::new()));
+    };
+    let by_service = ListParams::default().labels_from(&Selector::from(Expression::Equal(
+        kong::SERVICE_NAME_LABEL.into(),
+        name,
+    )));
+    Ok((Some(svc), read(|| slices.list(&by_service)).await?.items))
 }
 
 /// A read, asked once more at once if the answer was a transient failure.
@@ -766,6 +799,13 @@ async fn execute(
                         .map(drop),
                     None => Ok(()),
                 }
+            }
+            Action::RepointWebhook(s) => {
+                let pp = PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                services.replace(&s.name_any(), &pp, s).await.map(drop)
             }
             Action::DeleteAdminService => services
                 .delete(&scm.spec.admin_service_name(), &DeleteParams::default())

@@ -301,10 +301,12 @@ async fn kic_3_4_2_starts_only_once_a_new_gateway_listens_and_never_crash_loops(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admission_webhook_service_loses_its_endpoints_with_the_sidecar() {
-    // Its Service targets the port `webhook`, which only the sidecar declares:
-    // after the migration nothing serves it (the chart's controller release
-    // brings its own webhook). Recorded like the proxy's, for the record.
+async fn the_admission_webhook_service_keeps_a_ready_endpoint() {
+    // Its Service targets the port `webhook`, which only the sidecar declares
+    // among the gateway pod's containers: the operator points it at the
+    // controller (which declares the port too) before the last sidecar pod
+    // goes. tests/webhook.rs has the chart's ValidatingWebhookConfiguration
+    // and the rollback.
     let case = Case::new("sidecar-1-replica.yaml").await;
     let webhook = "kong-kong-validation-webhook";
     case.sim
@@ -313,10 +315,22 @@ async fn the_admission_webhook_service_loses_its_endpoints_with_the_sidecar() {
         .expect("the sidecar serves the webhook");
     case.start("kong", json!({ "proxyDeployment": PROXY }))
         .await;
-    case.wait_phase("kong", Phase::Succeeded).await;
+    let m = case.wait_phase("kong", Phase::Succeeded).await;
+    assert_eq!(
+        m.status
+            .and_then(|s| s.webhook)
+            .map(|w| w.served_by)
+            .as_deref(),
+        Some(CONTROLLER)
+    );
     case.sim
-        .wait_ready_endpoints(&case.ns, webhook, 0, DEADLINE)
+        .wait_ready_endpoints(&case.ns, webhook, 1, DEADLINE)
         .await
-        .expect("no pod serves the webhook any more");
-    assert!(case.sim.downtime(&case.ns, webhook) > std::time::Duration::ZERO);
+        .expect("the controller serves the webhook");
+    assert_eq!(
+        case.sim.unready_time(&case.ns, webhook),
+        std::time::Duration::ZERO,
+        "{:?}",
+        case.sim.timeline(&case.ns, webhook)
+    );
 }

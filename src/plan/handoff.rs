@@ -10,6 +10,10 @@ use crate::api::*;
 use super::facts::env_value;
 use super::helm_release;
 
+/// Helm skips deleting an object so annotated when an upgrade no longer
+/// renders it (it reads the live object's annotation).
+const RESOURCE_POLICY: &str = "helm.sh/resource-policy";
+
 /// The releases' values and commands, when the proxy Deployment is a Helm
 /// release's; None otherwise (nothing to hand over to).
 /// `sidecar` is the sidecar container with its env values (status.original
@@ -83,6 +87,19 @@ pub fn handoff(
     {
         controller["ingressController"]["image"] = json!({ "repository": repository, "tag": tag });
     }
+    // KIC's default class, which the chart renders (IngressClass `kong`)
+    // with the sidecar; the gateway release no longer renders it, and the
+    // controller release renders it only once it is annotated as its own.
+    let class = sidecar
+        .and_then(|c| env_value(c, "CONTROLLER_INGRESS_CLASS"))
+        .unwrap_or_else(|| "kong".into());
+    if class != "kong" {
+        controller["ingressController"]["ingressClass"] = json!(class);
+    }
+    let adopt_class = format!(
+        "kubectl annotate ingressclass {class} --overwrite {HELM_RELEASE_NAME}={controller_release} {HELM_RELEASE_NAMESPACE}={namespace} {RESOURCE_POLICY}=keep"
+    );
+    let release_class = format!("kubectl annotate ingressclass {class} {RESOURCE_POLICY}-");
     let mut gateway = json!({
         "ingressController": { "enabled": false },
         "admin": { "enabled": true, "type": "ClusterIP", "clusterIP": "None" },
@@ -106,6 +123,8 @@ pub fn handoff(
                 namespace: namespace.clone(),
                 chart_version: chart_version.clone(),
                 values: yaml(&controller),
+                before: vec![adopt_class],
+                after: Vec::new(),
             },
             HandoffRelease {
                 command: format!(
@@ -115,6 +134,8 @@ pub fn handoff(
                 namespace,
                 chart_version,
                 values: yaml(&gateway),
+                before: Vec::new(),
+                after: vec![release_class],
             },
         ],
         notes,

@@ -8,11 +8,13 @@ mod deadline;
 mod drift;
 mod facts;
 mod handoff;
+mod release;
 mod render;
 mod rollback;
 mod status;
 mod steps;
 mod validate;
+mod webhook;
 
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ pub use facts::{
     template_container,
 };
 pub use handoff::handoff;
+pub use release::{controller_release, default_controller_release, with_controller_release};
 pub use render::{
     Rollout, admin_network_policy, admin_service, client_ca_config_map_name, controller_objects,
     generated_secret, generated_secret_prefix, migrate_template, others_select, restore_template,
@@ -41,6 +44,7 @@ pub use render::{
 };
 use steps::step_done_event;
 pub use steps::step_list;
+pub use webhook::webhook_service_name;
 
 /// Everything the decision needs, read fresh for each reconcile.
 #[derive(Clone, Debug, Default)]
@@ -70,6 +74,10 @@ pub struct Observed {
     /// `clientTLS: Secret`: the Secrets it names that do not exist (probed
     /// while validating, without reading them).
     pub missing_client_secrets: Vec<String>,
+    /// The chart's admission webhook Service (`webhook_service_name`), if
+    /// any, and its EndpointSlices.
+    pub webhook_service: Option<Service>,
+    pub webhook_slices: Vec<EndpointSlice>,
     /// The three reads above were skipped ([`reads_rbac_and_policies`]).
     pub skipped_rbac_reads: bool,
     /// The other SidecarMigrations in the namespace.
@@ -125,6 +133,10 @@ pub enum Action {
         role_binding: Option<String>,
     },
     DeleteAdminService,
+    /// Replace the admission webhook Service (its selector moved to the
+    /// controller's pods, or back); carries the resourceVersion it was
+    /// computed from.
+    RepointWebhook(Box<Service>),
     /// Delete a ReplicaSet but leave its pods, so that evicted legacy pods are
     /// not replaced (Kong's documented order only).
     OrphanReplicaSet(String),
@@ -155,6 +167,7 @@ impl Action {
                 "the deletion of the controller Deployment and its RBAC".into()
             }
             Action::DeleteAdminService => "the deletion of the admin Service".into(),
+            Action::RepointWebhook(s) => format!("the update of Service {}", s.name_any()),
             Action::OrphanReplicaSet(rs) => format!("the deletion of ReplicaSet {rs}"),
             Action::EvictPod(pod) => format!("the eviction of pod {pod}"),
             Action::RemoveFinalizer => "the removal of the finalizer".into(),
@@ -236,6 +249,8 @@ pub fn reads_rbac_and_policies(scm: &SidecarMigration) -> bool {
 }
 
 pub fn plan(scm: &SidecarMigration, obs: &Observed, now: Timestamp) -> Plan {
+    let scm = with_controller_release(scm, obs.proxy.as_ref());
+    let scm = scm.as_ref();
     // The label selector also finds pods of any other Deployment that shares
     // the chart's labels: only the proxy Deployment's own are legacy or new.
     let own = Observed {

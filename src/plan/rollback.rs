@@ -145,6 +145,10 @@ impl Planner<'_> {
                     rollout_summary(proxy)
                 ));
             }
+            // Before the controller goes, so the webhook is served throughout.
+            if let Some(waiting) = self.restore_webhook() {
+                return waiting;
+            }
             restored = Some(without_original_env(with_rollout(
                 template,
                 Rollout::Original,

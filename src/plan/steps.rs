@@ -114,7 +114,7 @@ impl Planner<'_> {
             with_rollout(
                 migrate_template(&proxy, self.spec),
                 Rollout::Held {
-                    approval_hold: self.approval_hold(),
+                    approval_hold: self.approval_hold() || self.webhook_hold(),
                 },
                 self.original(),
             ),
@@ -326,6 +326,14 @@ impl Planner<'_> {
             return Outcome::Wait(format!("Deployment {} is gone", self.spec.proxy_deployment));
         };
         self.status.legacy_pods = legacy_pod_names(self.spec, self.obs);
+        // ZeroDowntime moves the webhook while the sidecars still serve it;
+        // Kong's order cannot (its controller is Ready only once no sidecar
+        // pod is left), so it moves it as soon as none is.
+        if self.spec.cutover == Cutover::ZeroDowntime
+            && let Some(waiting) = self.move_webhook(&proxy)
+        {
+            return waiting;
+        }
         let migrated = migrate_template(&proxy, self.spec);
         let held = with_rollout(
             migrated.clone(),
@@ -389,6 +397,9 @@ impl Planner<'_> {
             } else {
                 Outcome::Act(actions, message)
             };
+        }
+        if let Some(waiting) = self.move_webhook(&proxy) {
+            return waiting;
         }
         // No legacy pod left: the label no longer needs to tell pods apart and
         // the user's rollout settings come back.

@@ -197,9 +197,21 @@ impl Planner<'_> {
                 kong::ADMIN_SERVICE_PORT_NAME
             ));
         }
+        // The chart's webhook Service moves to the controller: no warning.
+        let webhook = self.find_webhook(proxy, sidecar);
         for (svc, port) in &self.obs.sidecar_only_services {
+            if webhook.as_ref().is_some_and(|w| &w.service == svc) {
+                continue;
+            }
+            // Only a webhook Service the operator cannot prove is the
+            // install's is left behind; say what that costs.
+            let cost = if port == "webhook" {
+                " (the chart's admission webhook then stops validating with failurePolicy Ignore, or refuses matching writes with Fail)"
+            } else {
+                ""
+            };
             warnings.push(format!(
-                "Service {svc} selects the gateway pods on port {port}, which only the {} container declares: once the last sidecar pod is gone it has no endpoint (the chart's admission webhook then stops validating with failurePolicy Ignore, or refuses matching writes with Fail) until the controller release serves its own",
+                "Service {svc} selects the gateway pods on port {port}, which only the {} container declares: once the last sidecar pod is gone it has no endpoint{cost} until the controller release serves its own",
                 spec.controller_container()
             ));
         }
@@ -213,7 +225,29 @@ impl Planner<'_> {
             }
             self.status.warnings = warnings;
         }
+        // Pinned: names derived from it never change mid-migration.
+        self.status.controller_release = spec.controller_release().map(str::to_string);
         self.status.plan = planned_changes(spec, self.scm, proxy, sidecar, proxy_c, self.obs);
+        if let Some(w) = &webhook {
+            let at = self
+                .status
+                .plan
+                .iter()
+                .position(|c| c.step == Phase::DeletingLegacyPods)
+                .unwrap_or(self.status.plan.len());
+            self.status.plan.insert(
+                at,
+                PlannedChange {
+                    step: Phase::DeletingLegacyPods,
+                    object: format!("Service/{}", w.service),
+                    change: format!(
+                        "select the pods of Deployment {} once one is Ready, before the last sidecar pod goes (the selector is recorded for rollback)",
+                        spec.controller_name()
+                    ),
+                },
+            );
+        }
+        self.status.webhook = webhook;
         if spec.dry_run {
             return Outcome::Hold(
                 "DryRun",

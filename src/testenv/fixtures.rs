@@ -18,7 +18,9 @@ const FIELD_MANAGER: &str = "testenv";
 /// that namespace; the chart's cluster-scoped objects (RBAC, the
 /// ValidatingWebhookConfiguration) get `-<namespace>` appended to their names
 /// unless the chart already puts the namespace in them, so installs in
-/// different namespaces stay apart.
+/// different namespaces stay apart. So does an IngressClass, and with it the
+/// controller's `CONTROLLER_INGRESS_CLASS` that names it, as if the chart had
+/// been rendered with `ingressController.ingressClass: <class>-<namespace>`.
 pub fn load_fixture(file_name: &str, namespace: &str) -> anyhow::Result<Vec<DynamicObject>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -29,6 +31,11 @@ pub fn load_fixture(file_name: &str, namespace: &str) -> anyhow::Result<Vec<Dyna
     let mut objects = Vec::new();
     let documents: Vec<DynamicObject> =
         serde_saphyr::from_multiple(&text).with_context(|| format!("parsing {file_name}"))?;
+    let classes: Vec<String> = documents
+        .iter()
+        .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "IngressClass"))
+        .map(|o| o.name_any())
+        .collect();
     for mut object in documents {
         let kind = object
             .types
@@ -43,6 +50,27 @@ pub fn load_fixture(file_name: &str, namespace: &str) -> anyhow::Result<Vec<Dyna
             }
         };
         match kind {
+            "IngressClass" => object.metadata.name = Some(scoped_name(object.name_any())),
+            "Deployment" => {
+                object.metadata.namespace = Some(namespace.to_string());
+                let containers = object
+                    .data
+                    .pointer_mut("/spec/template/spec/containers")
+                    .and_then(|c| c.as_array_mut());
+                for env in containers
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.get_mut("env").and_then(|e| e.as_array_mut()))
+                    .flatten()
+                {
+                    if env["name"] == "CONTROLLER_INGRESS_CLASS"
+                        && let Some(class) = env["value"].as_str()
+                        && classes.iter().any(|c| c == class)
+                    {
+                        env["value"] = scoped_name(class.to_string()).into();
+                    }
+                }
+            }
             "ClusterRole" | "ValidatingWebhookConfiguration" => {
                 // Some chart versions render a namespace on these too.
                 object.metadata.namespace = None;

@@ -72,6 +72,8 @@ pub(crate) fn record_original(
         min_ready_seconds: dspec.min_ready_seconds,
         progress_deadline_seconds: dspec.progress_deadline_seconds,
         adopted_admin_service,
+        // Recorded later, just before the webhook Service moves.
+        webhook_selector: None,
     })
 }
 

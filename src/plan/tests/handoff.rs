@@ -6,7 +6,11 @@ use super::*;
 
 /// The `kind` object named `name` in `tests/fixtures/<file>`, for namespace
 /// `kong`, with the annotations `helm install` adds to what it renders.
-fn chart_object<T: serde::de::DeserializeOwned>(file: &str, kind: &str, name: &str) -> T {
+pub(super) fn chart_object<T: serde::de::DeserializeOwned>(
+    file: &str,
+    kind: &str,
+    name: &str,
+) -> T {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(file);
@@ -267,8 +271,38 @@ fn status_handoff_holds_the_values_the_target_fixtures_were_rendered_from() {
         h.releases[1].command,
         "helm upgrade kong kong/kong -n kong --version 2.52.0 --reuse-values -f kong-values.yaml"
     );
+    // IngressClass kong: the controller release's install adopts it (the
+    // chart renders it for the release its annotation names), and the
+    // gateway release's upgrade, which no longer renders it, leaves it.
+    assert_eq!(
+        h.releases[0].before,
+        [
+            "kubectl annotate ingressclass kong --overwrite meta.helm.sh/release-name=kong-controller meta.helm.sh/release-namespace=kong helm.sh/resource-policy=keep"
+        ]
+    );
+    assert!(h.releases[0].after.is_empty() && h.releases[1].before.is_empty());
+    assert_eq!(
+        h.releases[1].after,
+        ["kubectl annotate ingressclass kong helm.sh/resource-policy-"]
+    );
+    // Another class: the controller release is told, and the commands name it.
+    let mut custom = sidecar.clone();
+    for e in custom.env.iter_mut().flatten() {
+        if e.name == "CONTROLLER_INGRESS_CLASS" {
+            e.value = Some("edge".into());
+        }
+    }
+    let h = handoff(&m, &source, Some(&custom), None).expect("a Helm release");
+    let values: Value = serde_saphyr::from_str(&h.releases[0].values).expect("yaml");
+    assert_eq!(values["ingressController"]["ingressClass"], "edge");
+    assert!(h.releases[0].before[0].starts_with("kubectl annotate ingressclass edge "));
+    assert!(h.releases[1].after[0].starts_with("kubectl annotate ingressclass edge "));
     // Without a controller release, the duplicate controller is called out.
-    let m = in_phase(json!({}), Phase::DeletingLegacyPods, &source);
+    let m = in_phase(
+        json!({ "controller": { "name": "ctl" } }),
+        Phase::DeletingLegacyPods,
+        &source,
+    );
     let sidecar = render::original_sidecar(&original, &source, &m.spec).expect("sidecar");
     let h = handoff(&m, &source, Some(&sidecar), None).expect("a Helm release");
     assert!(h.notes.iter().any(|n| n.contains("second controller")));

@@ -16,9 +16,11 @@ mod client_tls;
 mod drift;
 mod handoff;
 mod lifecycle;
+mod release;
 mod rollback;
 mod steps;
 mod validate;
+mod webhook;
 
 const NS: &str = "kong";
 

@@ -675,7 +675,9 @@ fn the_admin_api_network_policy_comes_first_and_widens_nothing() {
             .iter()
             .any(|a| matches!(a, Action::DeleteNetworkPolicy(_)))
     );
-    // And a foreign one by that name stops the migration before it starts.
+    // And a foreign one by that name stops the migration before it starts
+    // (the name the default controller release of Helm's `kong` derives).
+    foreign.metadata.name = Some("kong-controller-kong-admin-api".into());
     let p = plan(
         &scm(json!({ "adminApi": { "networkPolicy": true } })),
         &Observed {
