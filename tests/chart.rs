@@ -179,6 +179,39 @@ async fn watched_namespaces_get_a_rolebinding_each_and_no_clusterrolebinding() {
     );
 }
 
+/// The operator's one widening of the tenant boundary is a chart value too,
+/// and reaches it as the flag `run` parses (comma-separated patterns).
+#[tokio::test]
+async fn allowed_controller_images_reach_the_operator() {
+    let args_of = |chart: &[Value]| {
+        let deployment = chart
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("Deployment");
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .expect("args")
+            .clone()
+    };
+    let flag = |args: &[Value]| {
+        args.iter()
+            .filter_map(Value::as_str)
+            .filter(|a| a.starts_with("--allowed-controller-images"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(flag(&args_of(&template(&[]).await)).is_empty());
+    let chart = template(&[
+        "--set",
+        "allowedControllerImages={registry.example.com/kic:*,kong/kubernetes-ingress-controller:3.?.*}",
+    ])
+    .await;
+    assert_eq!(
+        flag(&args_of(&chart)),
+        ["--allowed-controller-images=registry.example.com/kic:*,kong/kubernetes-ingress-controller:3.?.*"]
+    );
+}
+
 /// The PrometheusRule's groups, as a rules file, through `promtool test
 /// rules` with the synthetic series of tests/alerts/rules_test.yaml.
 #[tokio::test]
