@@ -496,12 +496,12 @@ fn the_dry_run_plan_lists_what_mtls_adds() {
                 ),
                 (
                     Phase::DisablingSidecar,
-                    "Secret/kong-kong-controller-admin-api-keypair-<random>",
+                    "Secret/kong-controller-kong-admin-api-keypair-<random>",
                 ),
                 (Phase::DisablingSidecar, "Deployment/kong-kong"),
                 (
                     Phase::DeployingController,
-                    "Deployment/kong-kong-controller",
+                    "Deployment/kong-controller-kong",
                 ),
             ],
         ),
@@ -511,7 +511,7 @@ fn the_dry_run_plan_lists_what_mtls_adds() {
                 (Phase::DisablingSidecar, "Deployment/kong-kong"),
                 (
                     Phase::DeployingController,
-                    "Deployment/kong-kong-controller",
+                    "Deployment/kong-controller-kong",
                 ),
             ],
         ),
