@@ -74,6 +74,24 @@ pub const MIN_KIC_VERSION: Version = Version {
 /// The readiness path that answers 200 only once Kong holds a configuration.
 pub const STATUS_READY_PATH: &str = "/status/ready";
 /// Kong serves `/status/ready` from 3.3 (`kong/status/ready.lua`).
+/// The first KIC that dials a discovered gateway with a name a certificate
+/// can carry (SNI `pod.<admin Service>.<namespace>.svc`); before, the bare
+/// pod IP, which no certificate names.
+pub const MIN_KIC_ADMIN_SNI: Version = Version {
+    major: 3,
+    minor: 5,
+    patch: 0,
+};
+
+pub const ENV_CONTROLLER_ADMIN_TLS_SKIP_VERIFY: &str = "CONTROLLER_KONG_ADMIN_TLS_SKIP_VERIFY";
+/// The Admin API's own certificate; unset, Kong serves a self-signed one.
+pub const ENV_ADMIN_SSL_CERT: &str = "KONG_ADMIN_SSL_CERT";
+
+/// A true boolean as KIC's flags parse it (Go's `strconv.ParseBool`).
+pub fn parses_true(value: &str) -> bool {
+    matches!(value, "1" | "t" | "T" | "TRUE" | "true" | "True")
+}
+
 pub const MIN_KONG_STATUS_READY: Version = Version {
     major: 3,
     minor: 3,

@@ -208,7 +208,9 @@ async fn allowed_controller_images_reach_the_operator() {
     .await;
     assert_eq!(
         flag(&args_of(&chart)),
-        ["--allowed-controller-images=registry.example.com/kic:*,kong/kubernetes-ingress-controller:3.?.*"]
+        [
+            "--allowed-controller-images=registry.example.com/kic:*,kong/kubernetes-ingress-controller:3.?.*"
+        ]
     );
 }
 

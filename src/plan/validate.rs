@@ -174,6 +174,15 @@ impl Planner<'_> {
                 kong::MIN_KIC_VERSION
             )),
         }
+        if let Some(problem) = admin_certificate_problem(
+            spec,
+            sidecar,
+            proxy_c,
+            kong::image_version(&image),
+            &mut warnings,
+        ) {
+            return Outcome::Fail("AdminCertificateVerified", problem);
+        }
         // Only a literal value (or none at all) tells; one read from a
         // ConfigMap or Secret is left unsaid rather than guessed.
         let db_env = proxy_c
@@ -433,6 +442,65 @@ pub(super) fn derived_name_problem(spec: &SidecarMigrationSpec) -> Option<String
 
 /// The Deployment's gateway container must be Kong Gateway by image and by
 /// env, not just by name: the operator rewrites it.
+/// KIC verifies the Admin API's certificate unless told to skip it (the
+/// chart always tells it to). Beside its gateway it dials localhost; without
+/// the sidecar it dials each gateway by pod IP (KIC < 3.5), which no
+/// certificate names, or with the name `pod.<admin Service>.<namespace>.svc`
+/// (3.5), which only a certificate of the user's own can carry: Kong's
+/// self-signed default verifies against no CA. Refused here, before anything
+/// changes, rather than found as a crash-looping controller at a deadline.
+fn admin_certificate_problem(
+    spec: &SidecarMigrationSpec,
+    sidecar: &Container,
+    proxy: &Container,
+    kic: Option<kong::Version>,
+    warnings: &mut Vec<String>,
+) -> Option<String> {
+    let skip = kong::ENV_CONTROLLER_ADMIN_TLS_SKIP_VERIFY;
+    let svc = spec.admin_service_name();
+    let setting = sidecar.env.iter().flatten().find(|e| e.name == skip);
+    match setting {
+        Some(e) if e.value_from.is_some() => {
+            warnings.push(format!(
+                "the {} container sets {skip} through valueFrom: unless it is true, the new controller verifies each gateway's Admin API certificate, which must then name pod.{svc}.<namespace>.svc (KIC 3.5 or newer)",
+                spec.controller_container()
+            ));
+            return None;
+        }
+        Some(e) if e.value.as_deref().is_some_and(kong::parses_true) => return None,
+        _ => {}
+    }
+    let own_certificate = proxy
+        .env
+        .iter()
+        .flatten()
+        .any(|e| e.name == kong::ENV_ADMIN_SSL_CERT);
+    let names_pods = kic.is_none_or(|v| v >= kong::MIN_KIC_ADMIN_SNI);
+    if names_pods && own_certificate {
+        warnings.push(format!(
+            "the new controller verifies each gateway's Admin API certificate ({skip} is not true): {} must name pod.{svc}.<namespace>.svc (a wildcard *.{svc}.<namespace>.svc will do), signed by the CA the controller trusts",
+            kong::ENV_ADMIN_SSL_CERT
+        ));
+        return None;
+    }
+    let dialled = if names_pods {
+        format!(
+            "as pod.{svc}.<namespace>.svc, and the {} container serves Kong's self-signed certificate ({} is unset), which verifies against no CA",
+            spec.proxy_container(),
+            kong::ENV_ADMIN_SSL_CERT
+        )
+    } else {
+        "at https://<pod IP>:8444, a name no certificate carries".to_string()
+    };
+    let kic = kic.map_or_else(|| "KIC".to_string(), |v| format!("KIC {v}"));
+    Some(format!(
+        "the {} container verifies the Admin API's certificate ({skip} is not true). Without the sidecar, {kic} dials each gateway {dialled}, so it would never reach one. Set {skip}=true on the {} container (kong chart: ingressController.env.kong_admin_tls_skip_verify: true, the chart's default), or, with KIC {} or newer, give the Admin API a certificate for *.{svc}.<namespace>.svc; then this migration goes on",
+        spec.controller_container(),
+        spec.controller_container(),
+        kong::MIN_KIC_ADMIN_SNI
+    ))
+}
+
 fn not_a_kong_gateway(spec: &SidecarMigrationSpec, name: &str, c: &Container) -> Option<String> {
     let image = c.image.clone().unwrap_or_default();
     let kong_env = c.env.iter().flatten().any(|e| e.name.starts_with("KONG_"));

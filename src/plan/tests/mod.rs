@@ -70,6 +70,7 @@ fn sidecar_deployment(image: &str) -> Deployment {
                           "env": [
                             { "name": "CONTROLLER_KONG_ADMIN_URL", "value": "https://localhost:8444" },
                             { "name": "CONTROLLER_PUBLISH_SERVICE", "value": "kong/kong-kong-proxy" },
+                            { "name": "CONTROLLER_KONG_ADMIN_TLS_SKIP_VERIFY", "value": "true" },
                             { "name": "CONTROLLER_KONG_ADMIN_TOKEN", "valueFrom": { "secretKeyRef": { "name": "kong-admin-token", "key": "token" } } }
                           ],
                           "volumeMounts": [ { "name": "webhook-cert", "mountPath": "/admission-webhook" } ] },

@@ -22,8 +22,14 @@ fn disabling_the_sidecar_records_the_original_first() {
     assert_eq!(original.sidecar["name"], "ingress-controller");
     assert_eq!(original.sidecar_index, 0);
     // A secret reference is carried as a reference, never resolved.
+    let token = original.sidecar["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == "CONTROLLER_KONG_ADMIN_TOKEN")
+        .expect("the token's env entry");
     assert_eq!(
-        original.sidecar["env"][2]["valueFrom"]["secretKeyRef"]["name"],
+        token["valueFrom"]["secretKeyRef"]["name"],
         "kong-admin-token"
     );
     let Some(Action::ReplaceProxy(new)) = p.actions.first() else {

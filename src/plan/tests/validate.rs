@@ -595,3 +595,136 @@ fn the_install_s_own_objects_and_allowed_images_pass() {
         );
     }
 }
+
+/// KIC verifies the Admin API's certificate unless told not to; without the
+/// sidecar it dials pod IPs (< 3.5) or `pod.<svc>.<ns>.svc` (3.5), so only
+/// skip-verify, or 3.5 with a certificate of the user's own, can work.
+#[test]
+fn an_admin_certificate_kic_cannot_verify_is_refused_before_anything_changes() {
+    use k8s_openapi::api::core::v1::EnvVar;
+    let install = |kic: &str, skip: Option<Value>, own_certificate: bool| {
+        let mut d = sidecar_deployment(kic);
+        if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+            for c in &mut pod.containers {
+                let env = c.env.get_or_insert_with(Vec::new);
+                if c.name == "ingress-controller" {
+                    env.retain(|e| e.name != "CONTROLLER_KONG_ADMIN_TLS_SKIP_VERIFY");
+                    if let Some(skip) = &skip {
+                        let mut var: EnvVar = serde_json::from_value(skip.clone()).expect("env");
+                        var.name = "CONTROLLER_KONG_ADMIN_TLS_SKIP_VERIFY".into();
+                        env.push(var);
+                    }
+                } else if c.name == "proxy" && own_certificate {
+                    env.push(EnvVar {
+                        name: "KONG_ADMIN_SSL_CERT".into(),
+                        value: Some("/etc/admin-tls/tls.crt".into()),
+                        value_from: None,
+                    });
+                }
+            }
+        }
+        d
+    };
+    let value = |v: &str| Some(json!({ "name": "", "value": v }));
+    let from_secret = Some(
+        json!({ "name": "", "valueFrom": { "secretKeyRef": { "name": "kic", "key": "skip" } } }),
+    );
+    // (why, KIC image, skip-verify, own certificate, refused, a warning containing)
+    let cases = [
+        (
+            "the chart's default",
+            "kong/kubernetes-ingress-controller:3.4.1",
+            value("true"),
+            false,
+            false,
+            None,
+        ),
+        (
+            "Go's other true",
+            "kong/kubernetes-ingress-controller:3.4.1",
+            value("1"),
+            false,
+            false,
+            None,
+        ),
+        (
+            "unset: KIC verifies, by pod IP",
+            "kong/kubernetes-ingress-controller:3.4.1",
+            None,
+            true,
+            true,
+            None,
+        ),
+        (
+            "false, by pod IP",
+            "kong/kubernetes-ingress-controller:2.12",
+            value("false"),
+            true,
+            true,
+            None,
+        ),
+        (
+            "3.5 and Kong's self-signed certificate",
+            "kong/kubernetes-ingress-controller:3.5",
+            value("false"),
+            false,
+            true,
+            None,
+        ),
+        (
+            "3.5 and a certificate of one's own",
+            "kong/kubernetes-ingress-controller:3.5",
+            value("false"),
+            true,
+            false,
+            Some("pod.kong-kong-admin."),
+        ),
+        (
+            "from a Secret: cannot tell",
+            "kong/kubernetes-ingress-controller:3.4.1",
+            from_secret,
+            false,
+            false,
+            Some("valueFrom"),
+        ),
+    ];
+    for (why, kic, skip, own, refused, warning) in cases {
+        let p = plan(
+            &scm(json!({})),
+            &Observed {
+                proxy: Some(install(kic, skip, own)),
+                ..Default::default()
+            },
+            now(),
+        );
+        if refused {
+            assert_eq!(p.status.phase, Phase::Failed, "{why}");
+            assert_eq!(
+                cond(&p, "Stalled").reason,
+                "AdminCertificateVerified",
+                "{why}"
+            );
+            assert!(has_event(&p, "AdminCertificateVerified"), "{why}");
+            assert!(p.actions.is_empty(), "{why}: nothing may change");
+            let message = p.status.message.clone().unwrap_or_default();
+            assert!(
+                message.contains("CONTROLLER_KONG_ADMIN_TLS_SKIP_VERIFY=true"),
+                "{why}: says how to fix it: {message}"
+            );
+            continue;
+        }
+        assert_ne!(
+            p.status.phase,
+            Phase::Failed,
+            "{why}: {:?}",
+            p.status.message
+        );
+        if let Some(w) = warning {
+            assert!(
+                p.status.warnings.iter().any(|x| x.contains(w)),
+                "{why}: no warning with {w:?} in {:?}",
+                p.status.warnings
+            );
+        }
+    }
+}
