@@ -190,7 +190,11 @@ async fn the_discovery_controller_crash_loops_while_the_sidecar_pod_is_listed() 
     let controller = json!([{
         "name": "ingress-controller",
         "image": "kong/kubernetes-ingress-controller:3.5",
-        "env": [{ "name": "CONTROLLER_KONG_ADMIN_SVC", "value": format!("{}/kong-admin", env.ns) }],
+        "env": [
+            { "name": "CONTROLLER_KONG_ADMIN_SVC", "value": format!("{}/kong-admin", env.ns) },
+            // As the chart renders it: Kong's self-signed certificate.
+            { "name": "CONTROLLER_KONG_ADMIN_TLS_SKIP_VERIFY", "value": "true" },
+        ],
     }]);
     env.apply::<Deployment>(deployment(
         "kong-controller",

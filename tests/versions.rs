@@ -6,8 +6,9 @@ mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sidecar_migrator::api::Phase;
 use sidecar_migrator::testenv::wait_for;
@@ -64,6 +65,65 @@ async fn a_status_probe_below_kong_3_3_is_refused_with_the_upgrade_to_make() {
         "nothing changed"
     );
     assert_eq!(readiness_path(&proxy).as_deref(), Some("/status"));
+    assert!(!case.controller_exists().await);
+}
+
+/// KIC verifies the Admin API's certificate unless told not to. Without the
+/// sidecar, KIC 3.4 dials each gateway at its pod IP, a name no certificate
+/// carries, and would crash-loop until the step deadline: refused before
+/// anything changes, with the setting to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_certificate_kic_cannot_verify_is_refused_and_nothing_changes() {
+    let case = Case::new("sidecar-1-replica.yaml").await;
+    let verify = json!({ "spec": { "template": { "spec": { "containers": [{
+        "name": SIDECAR,
+        "env": [{ "name": "CONTROLLER_KONG_ADMIN_TLS_SKIP_VERIFY", "value": "false" }],
+    }] } } } });
+    case.deployments()
+        .patch(PROXY, &PatchParams::default(), &Patch::Strategic(&verify))
+        .await
+        .expect("the user turns verification on");
+    case.wait_rollout(PROXY).await;
+    // Settled: the old pod gone, and no EndpointSlice still naming it.
+    let slices: Api<EndpointSlice> = Api::namespaced(case.client.clone(), &case.ns);
+    wait_for(
+        DEADLINE,
+        "the old sidecar pod gone everywhere",
+        async || {
+            let pods = case.pods().await;
+            let [pod] = pods.as_slice() else {
+                return Ok(None);
+            };
+            let name = pod.name_any();
+            let stale = slices
+                .list(&Default::default())
+                .await?
+                .items
+                .iter()
+                .flat_map(|s| &s.endpoints)
+                .any(|e| e.target_ref.as_ref().and_then(|t| t.name.as_deref()) != Some(&name));
+            Ok((is_ready(pod) && !stale).then_some(()))
+        },
+    )
+    .await
+    .expect("the sidecar install settles");
+    let before = case.snapshot().await;
+
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    let m = case.wait_phase("kong", Phase::Failed).await;
+    assert_eq!(
+        condition(&m, "Stalled"),
+        ("True", "AdminCertificateVerified")
+    );
+    let message = m.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        message.contains("pod IP")
+            && message.contains("CONTROLLER_KONG_ADMIN_TLS_SKIP_VERIFY=true"),
+        "{message}"
+    );
+    case.wait_event("kong", "AdminCertificateVerified").await;
+    assert_eq!(case.snapshot().await, before, "nothing changed");
     assert!(!case.controller_exists().await);
 }
 

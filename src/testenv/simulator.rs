@@ -18,6 +18,7 @@
 //! | … default `admin-tls,kong-admin-tls` | KIC ≥ 3.0 | same |
 //! | KIC dials `https://<podIP>:<port>` only: a port whose listen lacks `ssl`, a loopback-only listen, a pod not yet listening (start-up), terminating or gone, is unreachable | all | `internal/adminapi/endpoints.go` |
 //! | a gateway that demands a client certificate (`KONG_NGINX_ADMIN_SSL_VERIFY_CLIENT=on`) is unreachable for a controller that presents none (`CONTROLLER_KONG_ADMIN_TLS_CLIENT_CERT_FILE` and `_KEY_FILE` unset) | all | KIC-FACTS "Admin API mTLS is a chart feature"; chart `_helpers.tpl`@kong-2.52.0 |
+//! | KIC verifies the Admin API's certificate unless `CONTROLLER_KONG_ADMIN_TLS_SKIP_VERIFY` is true (the chart's default): dialled by pod IP (KIC < 3.5) it never verifies; dialled as `pod.<svc>.<ns>.svc` (3.5) only a certificate of the user's own (`KONG_ADMIN_SSL_CERT`, assumed made for that name) does, Kong's self-signed default does not | all | KIC-FACTS "Discovery" (scheme, address, TLS) |
 //! | an unreachable endpoint at start-up: retried 60 × 1 s, then exit 1; the endpoints tried are those listed when the admin Service first listed any (a pod deleted meanwhile stays in the list, its replacement is not added) | KIC 2.11–3.3, ≥ 3.4.4 | `internal/manager/setup.go` (discover, then a client per address with retries) |
 //! | … exit 1 at once | KIC 3.4.0–3.4.3 | same |
 //! | admin Service missing or without endpoints at start-up: retried forever, `/readyz` failing | KIC ≤ 3.4.3 | same |
@@ -36,8 +37,8 @@
 //! An endpoint in an EndpointSlice without ports (its pod lacks the Service's
 //! named targetPort) counts as no endpoint.
 //!
-//! Not modelled: CA-verified Admin API TLS (skip-verify, which the chart
-//! always sets, is assumed), whether the client certificate a controller
+//! Not modelled: which CA signed the Admin API's certificate (one of the
+//! user's own is assumed to verify), whether the client certificate a controller
 //! presents is one the gateway's CA signed (a test checks the two files'
 //! sources), 30 s dial hangs, KIC's DNS `service` strategy.
 //!
@@ -1086,6 +1087,10 @@ struct AdminService {
     port_names: Vec<String>,
     /// The controller presents a client certificate.
     client_cert: bool,
+    /// The controller verifies the Admin API's certificate: None when it
+    /// skips that; else whether it dials with a name (SNI, KIC 3.5) rather
+    /// than a bare pod IP.
+    verifies: Option<bool>,
 }
 
 impl World {
@@ -1184,6 +1189,9 @@ impl World {
             && proxy_container(pod).is_some_and(|c| {
                 env(c, "KONG_ADMIN_LISTEN").is_some_and(|l| listens_beyond_loopback(l, port))
                     && (admin.client_cert || !demands_client_certificate(c))
+                    && admin
+                        .verifies
+                        .is_none_or(|sni| sni && serves_own_certificate(c))
             })
     }
 }
@@ -1302,6 +1310,9 @@ fn role(pod: &Pod) -> Role {
                         .map(|n| n.trim().to_string())
                         .collect(),
                     client_cert: presents_client_certificate(container),
+                    verifies: env(container, kong::ENV_CONTROLLER_ADMIN_TLS_SKIP_VERIFY)
+                        .is_none_or(|v| !kong::parses_true(v))
+                        .then(|| kic.is_none_or(|v| v >= kong::MIN_KIC_ADMIN_SNI)),
                 });
             return Role::Controller {
                 container: container.name.clone(),
@@ -1332,6 +1343,12 @@ fn env<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
         .find(|e| e.name == name)?
         .value
         .as_deref()
+}
+
+/// The Admin API serves a certificate of the user's own (assumed made for
+/// the name KIC 3.5 dials), not Kong's self-signed default.
+fn serves_own_certificate(proxy: &Container) -> bool {
+    env(proxy, kong::ENV_ADMIN_SSL_CERT).is_some()
 }
 
 /// Kong's Admin API demands a client certificate (the chart's
@@ -1664,6 +1681,7 @@ mod tests {
                 service: ("kong".into(), "kong-kong-admin".into()),
                 port_names: vec!["kong-admin-tls".into()],
                 client_cert: presents_client_certificate(&c),
+                verifies: None,
             }
         };
         let world = World {
@@ -1693,6 +1711,54 @@ mod tests {
         ];
         for (i, (pod, admin, reachable)) in cases.iter().enumerate() {
             assert_eq!(world.reachable(pod, 8444, admin), *reachable, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_verified_admin_certificate_must_name_what_kic_dials() {
+        let gateway = |own_certificate: bool| {
+            let mut env = vec![("KONG_ADMIN_LISTEN", "0.0.0.0:8444 http2 ssl")];
+            if own_certificate {
+                env.push(("KONG_ADMIN_SSL_CERT", "/etc/admin-tls/tls.crt"));
+            }
+            let mut pod: Pod = serde_json::from_value(json!({
+                "metadata": { "uid": "gw" },
+                "spec": { "containers": [{
+                    "name": "proxy",
+                    "image": "kong:3.9",
+                    "env": env.iter().map(|(n, v)| json!({ "name": n, "value": v })).collect::<Vec<_>>(),
+                }] },
+            }))
+            .expect("pod");
+            pod.metadata.uid = Some("gw".into());
+            pod
+        };
+        let admin = |verifies| AdminService {
+            service: ("kong".into(), "kong-kong-admin".into()),
+            port_names: vec!["kong-admin-tls".into()],
+            client_cert: false,
+            verifies,
+        };
+        let world = World {
+            pods: HashMap::new(),
+            services: HashSet::new(),
+            slices: Vec::new(),
+            listening: HashSet::from(["gw".to_string()]),
+        };
+        // (verifies: None = skip-verify, Some(sni)), own certificate, reachable
+        let cases = [
+            (None, false, true),
+            (Some(false), true, false),
+            (Some(false), false, false),
+            (Some(true), false, false),
+            (Some(true), true, true),
+        ];
+        for (verifies, own, reachable) in cases {
+            assert_eq!(
+                world.reachable(&gateway(own), 8444, &admin(verifies)),
+                reachable,
+                "{verifies:?}, own certificate: {own}"
+            );
         }
     }
 
