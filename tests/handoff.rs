@@ -584,7 +584,7 @@ async fn the_gateway_release_upgraded_first_is_reported_with_the_fix() {
     for text in [event.note.unwrap_or_default(), message] {
         for words in [
             "runs as the gateway's ServiceAccount kong-kong, which lacks ",
-            "that KIC needs: the gateway release kong was upgraded before the controller release kong-controller was installed",
+            "that KIC needs: its bindings are gone, as when the gateway release kong is upgraded before the controller release kong-controller is installed",
             "Run `helm install kong-controller kong/kong",
         ] {
             assert!(text.contains(words), "{words:?} in {text}");

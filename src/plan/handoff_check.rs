@@ -148,7 +148,7 @@ impl Planner<'_> {
                 let problem = access.and_then(|a| a.controller_missing.as_ref()).map(|p| {
                     if on_gateways {
                         format!(
-                            "Deployment {name} runs as the gateway's ServiceAccount {account}, which lacks {p} that KIC needs: the gateway release {gateway_release} was upgraded before the controller release {controller_release} was installed, and its upgrade removed that ServiceAccount's bindings. Run `{controller_command}` now: it brings the controller's own ServiceAccount and RBAC"
+                            "Deployment {name} runs as the gateway's ServiceAccount {account}, which lacks {p} that KIC needs: its bindings are gone, as when the gateway release {gateway_release} is upgraded before the controller release {controller_release} is installed (that upgrade removes them). Run `{controller_command}` now: it brings the controller's own ServiceAccount and RBAC"
                         )
                     } else {
                         format!(

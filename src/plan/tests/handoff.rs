@@ -410,7 +410,7 @@ fn each_hand_off_step_is_done_only_once_the_operator_can_prove_it() {
             controller: Some(controller("kong-controller", GATEWAY, true)),
             access: access(GATEWAY, true, None),
             want: [Ready, Waiting],
-            says: "lacks list secrets (cluster-wide) that KIC needs: the gateway release kong was upgraded before the controller release kong-controller was installed",
+            says: "lacks list secrets (cluster-wide) that KIC needs: its bindings are gone, as when the gateway release kong is upgraded before the controller release kong-controller is installed",
             events: &["HandoffPermissionMissing"],
             looks_again: true,
         },
