@@ -502,6 +502,32 @@ pub struct HandoffRelease {
     /// Commands to run once `command` has, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<String>,
+    /// What the operator last saw of this step: `Done` only once it could
+    /// prove it (see `HandoffState`).
+    #[serde(default)]
+    pub state: HandoffState,
+    /// Why the step is in that state, and what to do next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A hand-off step as the operator sees it. The controller release is
+/// `Done` once the controller Deployment is that release's, runs (rollout
+/// complete) as a ServiceAccount other than the gateway's, and that
+/// ServiceAccount holds every permission KIC needs (SubjectAccessReview,
+/// rule by rule of the chart's controller ClusterRole and Role). The
+/// gateway release is `Waiting` until then (its upgrade removes the
+/// gateway ServiceAccount's bindings, which the controller may still run
+/// on), and `Done` once the gateway's ServiceAccount holds none of KIC's
+/// permissions any more.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum HandoffState {
+    /// Not to be run yet: an earlier step is not done.
+    #[default]
+    Waiting,
+    /// To be run now.
+    Ready,
+    Done,
 }
 
 /// One change a step makes, listed in status.plan (also in dry run).

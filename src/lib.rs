@@ -6,6 +6,7 @@ pub mod api;
 pub mod bench;
 #[cfg(feature = "testenv")]
 pub mod demo;
+pub mod kic_rbac;
 pub mod kong;
 pub mod metrics;
 pub mod operator;

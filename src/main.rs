@@ -90,6 +90,12 @@ async fn handoff(args: HandoffArgs) -> anyhow::Result<()> {
     for note in &handoff.notes {
         eprintln!("note: {note}");
     }
+    // What the operator last proved of each step (stderr: stdout is the
+    // commands alone, to pipe).
+    for release in &handoff.releases {
+        let message = release.message.as_deref().unwrap_or("not checked yet");
+        eprintln!("release {}: {:?}: {message}", release.name, release.state);
+    }
     for release in &handoff.releases {
         for command in release
             .before

@@ -31,6 +31,7 @@ use crate::kong;
 use crate::metrics::Metrics;
 use crate::plan::{self, Action, Observed, Plan};
 
+mod access_review;
 mod client_cert;
 
 #[derive(thiserror::Error, Debug)]
@@ -121,6 +122,17 @@ fn finished(scm: &SidecarMigration) -> bool {
 /// through its own watch. A Failed one is woken: fixing its input resumes it.
 fn woken_by_cluster(scm: &SidecarMigration) -> bool {
     !finished(scm)
+}
+
+/// Whether a change to its proxy or controller Deployment wakes it: also a
+/// Succeeded migration whose hand-off is unfinished, since `helm install` of
+/// the controller release changes the controller Deployment (its
+/// ServiceAccount), which the hand-off reports. Its Pods, Services and
+/// EndpointSlices still wake it not: those churn, and the hand-off reads
+/// none of them. RBAC changes no watch sees: `plan::HANDOFF_RECHECK` bounds
+/// those, and stops with the hand-off.
+fn woken_by_deployment(scm: &SidecarMigration) -> bool {
+    woken_by_cluster(scm) || plan::handoff_pending(scm)
 }
 
 fn in_flight(scm: &SidecarMigration) -> bool {
@@ -255,12 +267,13 @@ pub async fn run(
         let store = store.clone();
         move |d: Meta<Deployment>| {
             let name = d.name_any();
-            in_namespace(&store, d.namespace(), move |m| {
-                m.spec.proxy_deployment == name
-                    || plan::with_controller_release(m, None)
-                        .spec
-                        .controller_name()
-                        == name
+            matching(&store, d.namespace(), move |m| {
+                woken_by_deployment(m)
+                    && (m.spec.proxy_deployment == name
+                        || plan::with_controller_release(m, None)
+                            .spec
+                            .controller_name()
+                            == name)
             })
         }
     };
@@ -359,10 +372,18 @@ fn in_namespace(
     ns: Option<String>,
     keep: impl Fn(&SidecarMigration) -> bool,
 ) -> Vec<ObjectRef<SidecarMigration>> {
+    matching(store, ns, move |m| woken_by_cluster(m) && keep(m))
+}
+
+fn matching(
+    store: &Store<SidecarMigration>,
+    ns: Option<String>,
+    keep: impl Fn(&SidecarMigration) -> bool,
+) -> Vec<ObjectRef<SidecarMigration>> {
     store
         .state()
         .iter()
-        .filter(|m| m.namespace() == ns && woken_by_cluster(m) && keep(m))
+        .filter(|m| m.namespace() == ns && keep(m))
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
 }
@@ -443,6 +464,9 @@ async fn reconcile_once(scm: &SidecarMigration, ctx: &Context) -> Result<Requeue
     };
     // The names the executor derives follow the release the plan uses.
     let scm = plan::with_controller_release(&scm, observed.proxy.as_ref()).into_owned();
+    if let Some(check) = plan::access_check(&scm, &observed) {
+        observed.handoff_access = Some(access_review::run(&ctx.client, &check).await?);
+    }
     observed.slot = ctx.slots.check(&scm);
     observed.policy = ctx.policy.clone();
     let plan = plan::plan(&scm, &observed, Timestamp::now());
@@ -989,6 +1013,57 @@ mod tests {
             );
         }
         assert!(!woken.contains(&"elsewhere".to_string()));
+    }
+
+    #[test]
+    fn a_pending_hand_off_is_woken_by_deployments_only_and_a_finished_one_by_nothing() {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        let spec: SidecarMigrationSpec =
+            serde_json::from_value(json!({ "proxyDeployment": "kong-kong" })).expect("spec");
+        let release = |state| HandoffRelease {
+            state,
+            ..Default::default()
+        };
+        let cases = [
+            (
+                "pending",
+                Some([HandoffState::Ready, HandoffState::Waiting]),
+                true,
+            ),
+            (
+                "half",
+                Some([HandoffState::Done, HandoffState::Ready]),
+                true,
+            ),
+            (
+                "done",
+                Some([HandoffState::Done, HandoffState::Done]),
+                false,
+            ),
+            ("none", None, false),
+        ];
+        for (name, states, _) in &cases {
+            let mut m = SidecarMigration::new(name, spec.clone());
+            m.metadata.namespace = Some("kong".into());
+            m.status = Some(SidecarMigrationStatus {
+                phase: Phase::Succeeded,
+                handoff: states.map(|s| Handoff {
+                    releases: s.into_iter().map(release).collect(),
+                    notes: Vec::new(),
+                }),
+                ..Default::default()
+            });
+            writer.apply_watcher_event(&watcher::Event::Apply(m));
+        }
+        let names = |refs: Vec<ObjectRef<SidecarMigration>>| -> Vec<String> {
+            refs.into_iter().map(|r| r.name).collect()
+        };
+        let by_deployment = names(matching(&store, Some("kong".into()), woken_by_deployment));
+        let by_pod = names(in_namespace(&store, Some("kong".into()), |_| true));
+        for (name, _, wakes) in cases {
+            assert_eq!(by_deployment.contains(&name.to_string()), wakes, "{name}");
+        }
+        assert!(by_pod.is_empty(), "{by_pod:?}");
     }
 
     #[test]

@@ -149,7 +149,16 @@ async fn watched_namespaces_get_a_rolebinding_each_and_no_clusterrolebinding() {
             .map(key)
             .collect::<Vec<_>>()
     };
-    assert!(kinds("ClusterRoleBinding").is_empty());
+    // Only the hand-off's SubjectAccessReviews are bound cluster-wide: they
+    // grant nothing, and a RoleBinding cannot grant a cluster-scoped object.
+    assert_eq!(
+        kinds("ClusterRoleBinding"),
+        [(
+            "ClusterRoleBinding".to_string(),
+            String::new(),
+            "sidecar-migrator-access-review".to_string()
+        )]
+    );
     let bound: Vec<(String, String)> = chart
         .iter()
         .filter(|o| o["kind"] == "RoleBinding" && o["roleRef"]["kind"] == "ClusterRole")

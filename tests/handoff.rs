@@ -18,7 +18,7 @@ use k8s_openapi::api::networking::v1::IngressClass;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use sidecar_migrator::api::Phase;
+use sidecar_migrator::api::{HandoffRelease, HandoffState, Phase};
 use sidecar_migrator::plan::helm_can_adopt;
 use sidecar_migrator::testenv::{apply_fixture_as_helm, load_fixture, wait_for};
 use support::*;
@@ -264,6 +264,36 @@ async fn assert_webhooks_served(case: &Case, version: &str, moment: &str) {
     }
 }
 
+/// Waits until status.handoff reports `want` for the two releases, the
+/// controller release's message holding `says`; returns the releases.
+async fn wait_handoff(
+    case: &Case,
+    version: &str,
+    moment: &str,
+    want: [HandoffState; 2],
+    says: &str,
+) -> Vec<HandoffRelease> {
+    let releases = |m: &sidecar_migrator::api::SidecarMigration| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.handoff.as_ref())
+            .map(|h| h.releases.clone())
+            .unwrap_or_default()
+    };
+    let m = case
+        .wait_until(
+            "kong",
+            &format!("chart {version}, {moment}: hand-off {want:?}, saying {says:?}"),
+            |m| {
+                let r = releases(m);
+                r.iter().map(|r| r.state).eq(want)
+                    && r[0].message.as_deref().is_some_and(|m| m.contains(says))
+            },
+        )
+        .await;
+    releases(&m)
+}
+
 async fn hand_off(version: &str) {
     let case = Case::installed_by_helm(&format!("chart-{version}-sidecar.yaml")).await;
     // The migration, with no controller release named: Helm's release
@@ -328,6 +358,17 @@ async fn hand_off(version: &str) {
         assert_eq!(written, release.values);
     }
 
+    // Before `helm install` of the controller release, the controller runs
+    // as the gateway's ServiceAccount: not done, and the gateway release
+    // must wait.
+    wait_handoff(
+        &case,
+        version,
+        "at Succeeded",
+        [HandoffState::Ready, HandoffState::Waiting],
+        "still runs as the gateway's ServiceAccount kong-kong",
+    )
+    .await;
     let gateway_sets = replica_sets_of(&case, "kong").await;
     let controller_sets = replica_sets_of(&case, "kong-controller").await;
     assert_controller_keeps_every_permission(&case, version, "at Succeeded").await;
@@ -369,6 +410,24 @@ async fn hand_off(version: &str) {
             assert_controller_keeps_every_permission(&case, version, "while the controller rolls")
                 .await;
             let controller = case.wait_rollout(CHART_CONTROLLER).await;
+            // Done once the release's own ServiceAccount holds KIC's
+            // permissions; the gateway release is next.
+            let releases = wait_handoff(
+                &case,
+                version,
+                "controller release installed",
+                [HandoffState::Done, HandoffState::Ready],
+                "runs as ServiceAccount kong-controller-kong, which holds every permission KIC needs",
+            )
+            .await;
+            assert!(
+                releases[1]
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains(&releases[1].command)),
+                "chart {version}: {:?}",
+                releases[1].message
+            );
             assert_controller_keeps_every_permission(
                 &case,
                 version,
@@ -412,6 +471,15 @@ async fn hand_off(version: &str) {
             case.wait_rollout(PROXY).await;
             assert_controller_keeps_every_permission(&case, version, "gateway release upgraded")
                 .await;
+            // The sidecar era's bindings are gone: the hand-off is done.
+            wait_handoff(
+                &case,
+                version,
+                "gateway release upgraded",
+                [HandoffState::Done, HandoffState::Done],
+                "holds every permission KIC needs",
+            )
+            .await;
         }
         assert_ingress_class(&case, version, &release.command).await;
         assert_webhooks_served(&case, version, &release.command).await;
@@ -473,4 +541,72 @@ async fn chart_2_52_hands_off_to_helm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_2_30_hands_off_to_helm() {
     hand_off("2.30.0").await;
+}
+
+/// The gateway release upgraded before the controller release is installed:
+/// its upgrade removes the bindings the controller still runs on. The
+/// operator says so, naming a missing permission and the fix; once the fix
+/// is applied, the hand-off is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_release_upgraded_first_is_reported_with_the_fix() {
+    let version = "2.52.0";
+    let case = Case::installed_by_helm(&format!("chart-{version}-sidecar.yaml")).await;
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    wait_handoff(
+        &case,
+        version,
+        "at Succeeded",
+        [HandoffState::Ready, HandoffState::Waiting],
+        "still runs as the gateway's ServiceAccount kong-kong",
+    )
+    .await;
+    let gateway = format!("chart-{version}-gateway-release.yaml");
+    apply_fixture_as_helm(&case.client, &case.ns, &gateway, "kong")
+        .await
+        .expect("the gateway release applies");
+    delete_dropped(&case, &format!("chart-{version}-sidecar.yaml"), &gateway).await;
+    let event = case.wait_event("kong", "HandoffPermissionMissing").await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let releases = wait_handoff(
+        &case,
+        version,
+        "gateway release first",
+        [HandoffState::Ready, HandoffState::Waiting],
+        "which lacks ",
+    )
+    .await;
+    // The event and the release's message say the same; the permission
+    // named may differ while the authorizer's cache drops the deleted
+    // bindings one by one.
+    let message = releases[0].message.clone().unwrap_or_default();
+    for text in [event.note.unwrap_or_default(), message] {
+        for words in [
+            "runs as the gateway's ServiceAccount kong-kong, which lacks ",
+            "that KIC needs: its bindings are gone, as when the gateway release kong is upgraded before the controller release kong-controller is installed",
+            "Run `helm install kong-controller kong/kong",
+        ] {
+            assert!(text.contains(words), "{words:?} in {text}");
+        }
+    }
+    // The fix: the controller release brings the controller's own
+    // ServiceAccount and RBAC, and the hand-off is done.
+    apply_fixture_as_helm(
+        &case.client,
+        &case.ns,
+        &format!("chart-{version}-controller-release.yaml"),
+        "kong-controller",
+    )
+    .await
+    .expect("the controller release applies");
+    case.wait_rollout(CHART_CONTROLLER).await;
+    wait_handoff(
+        &case,
+        version,
+        "controller release installed after",
+        [HandoffState::Done, HandoffState::Done],
+        "holds every permission KIC needs",
+    )
+    .await;
 }

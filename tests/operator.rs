@@ -218,6 +218,29 @@ async fn a_migration_needs_no_more_than_the_helm_chart_rbac() {
     assert_eq!(reporters(&case, "kong").await, ["helm"]);
 }
 
+/// After Succeeded, a Helm release's migration asks the authorizer about the
+/// controller's ServiceAccount (SubjectAccessReviews) for `status.handoff`:
+/// the message is written only once every answer came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handoff_check_needs_no_more_than_the_deploy_rbac() {
+    let case = Case::installed_by_helm_without_operator("chart-2.52.0-sidecar.yaml").await;
+    install_deploy(&case).await;
+    let lease = format!("rbac-handoff-{}", case.ns);
+    let _replica = Replica::start(&case, "rbac", &lease).await;
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    case.wait_phase("kong", Phase::Succeeded).await;
+    case.wait_until("kong", "the hand-off checked", |m| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.handoff.as_ref())
+            .and_then(|h| h.releases.first()?.message.as_deref())
+            .is_some_and(|m| m.contains("still runs as the gateway's ServiceAccount"))
+    })
+    .await;
+    case.assert_nothing_refused("kong").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_back_needs_no_more_than_the_deploy_rbac() {
     let case = Case::without_operator("sidecar-3-replicas-pdb.yaml").await;

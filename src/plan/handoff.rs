@@ -125,6 +125,8 @@ pub fn handoff(
                 values: yaml(&controller),
                 before: vec![adopt_class],
                 after: Vec::new(),
+                state: HandoffState::Ready,
+                message: None,
             },
             HandoffRelease {
                 command: format!(
@@ -136,6 +138,8 @@ pub fn handoff(
                 values: yaml(&gateway),
                 before: Vec::new(),
                 after: vec![release_class],
+                state: HandoffState::Waiting,
+                message: None,
             },
         ],
         notes,

@@ -8,6 +8,7 @@ mod deadline;
 mod drift;
 mod facts;
 mod handoff;
+mod handoff_check;
 mod release;
 mod render;
 mod rollback;
@@ -36,6 +37,9 @@ pub use facts::{
     template_container,
 };
 pub use handoff::handoff;
+pub use handoff_check::{
+    AccessCheck, HANDOFF_RECHECK, HandoffAccess, access_check, handoff_pending,
+};
 pub use release::{controller_release, default_controller_release, with_controller_release};
 pub use render::{
     Rollout, admin_network_policy, admin_service, client_ca_config_map_name, controller_objects,
@@ -80,6 +84,8 @@ pub struct Observed {
     pub webhook_slices: Vec<EndpointSlice>,
     /// The three reads above were skipped ([`reads_rbac_and_policies`]).
     pub skipped_rbac_reads: bool,
+    /// The authorizer's answers for a hand-off in progress ([`access_check`]).
+    pub handoff_access: Option<HandoffAccess>,
     /// The other SidecarMigrations in the namespace.
     pub others: Vec<SidecarMigration>,
     /// Whether this migration may start changing things now.
@@ -312,6 +318,7 @@ impl<'a> Planner<'a> {
         }
         if !deleting && matches!(phase, Phase::Succeeded | Phase::RolledBack) {
             self.status.legacy_pods = legacy_pod_names(self.spec, self.obs);
+            self.check_handoff();
             return self.health_for_phase();
         }
         if deleting || self.spec.rollback || phase == Phase::RollingBack {
@@ -485,6 +492,9 @@ impl<'a> Planner<'a> {
             let client_secret = render::client_secret(self.scm, self.obs.client_ca.as_ref());
             self.status.handoff =
                 handoff(self.scm, proxy, sidecar.as_ref(), client_secret.as_deref());
+            if self.status.handoff.is_some() {
+                self.requeue_after = Some(HANDOFF_RECHECK);
+            }
         }
         self.transition(Phase::Succeeded, false, "MigrationSucceeded", message);
         self.health_for_phase()

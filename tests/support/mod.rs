@@ -70,6 +70,16 @@ impl Case {
         case
     }
 
+    /// [`Case::installed_by_helm`] without the operator.
+    pub async fn installed_by_helm_without_operator(fixture: &str) -> Case {
+        let case = Case::setup(Duration::ZERO).await;
+        apply_fixture_as_helm(&case.client, &case.ns, fixture, "kong")
+            .await
+            .expect("fixture applies");
+        case.wait_rollout(PROXY).await;
+        case
+    }
+
     pub async fn without_operator(fixture: &str) -> Case {
         let case = Case::setup(Duration::ZERO).await;
         apply_fixture(&case.client, &case.ns, fixture)

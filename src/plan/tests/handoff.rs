@@ -307,3 +307,289 @@ fn status_handoff_holds_the_values_the_target_fixtures_were_rendered_from() {
     let h = handoff(&m, &source, Some(&sidecar), None).expect("a Helm release");
     assert!(h.notes.iter().any(|n| n.contains("second controller")));
 }
+
+// ---- the hand-off's order, reported (plan/handoff_check.rs) ---------------
+
+/// A Succeeded migration of the chart 2.52.0 install, with status.handoff
+/// as the migration wrote it (`states`: the releases' as stored).
+fn handed_off(states: [HandoffState; 2]) -> (SidecarMigration, Deployment) {
+    let source = chart_deployment("chart-2.52.0-sidecar.yaml");
+    let mut m = in_phase(
+        json!({ "controller": { "release": "kong-controller" } }),
+        Phase::DeletingLegacyPods,
+        &source,
+    );
+    let original = recorded(&m);
+    let sidecar = render::original_sidecar(&original, &source, &m.spec).expect("sidecar");
+    let mut h = handoff(&m, &source, Some(&sidecar), None).expect("a Helm release");
+    for (r, s) in h.releases.iter_mut().zip(states) {
+        r.state = s;
+    }
+    let status = m.status.as_mut().expect("status");
+    status.phase = Phase::Succeeded;
+    for step in &mut status.steps {
+        step.state = StepState::Succeeded;
+    }
+    status.handoff = Some(h);
+    let mut proxy = finished(&source);
+    proxy.status = Some(settled(1));
+    (m, proxy)
+}
+
+/// The controller Deployment as observed: whose release, which account,
+/// rolled out or not.
+fn controller(release: &str, account: &str, rolled: bool) -> Deployment {
+    let mut d: Deployment = serde_json::from_value(json!({
+        "metadata": {
+            "name": "kong-controller-kong", "namespace": NS, "generation": 2,
+            "labels": { "app.kubernetes.io/managed-by": "Helm" },
+            "annotations": {
+                "meta.helm.sh/release-name": release,
+                "meta.helm.sh/release-namespace": NS,
+            },
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "c" } },
+            "template": { "spec": { "serviceAccountName": account, "containers": [] } },
+        },
+    }))
+    .expect("deployment");
+    let mut status = settled(1);
+    status.observed_generation = Some(if rolled { 2 } else { 1 });
+    d.status = Some(status);
+    d
+}
+
+fn secrets_list() -> crate::kic_rbac::Permission {
+    crate::kic_rbac::needed(Some("2.52.0"))
+        .into_iter()
+        .find(|p| p.resource == "secrets" && p.verb == "list")
+        .expect("KIC lists Secrets")
+}
+
+fn access(account: &str, missing: bool, gateway: Option<(&str, bool)>) -> Option<HandoffAccess> {
+    Some(HandoffAccess {
+        controller_account: account.into(),
+        controller_missing: missing.then(secrets_list),
+        gateway_account: gateway.map(|(g, _)| g.to_string()),
+        gateway_holds_any: gateway.is_some_and(|(_, holds)| holds),
+    })
+}
+
+#[test]
+fn each_hand_off_step_is_done_only_once_the_operator_can_prove_it() {
+    use HandoffState::*;
+    const GATEWAY: &str = "kong-kong";
+    const OWN: &str = "kong-controller-kong";
+    struct Case {
+        what: &'static str,
+        stored: [HandoffState; 2],
+        controller: Option<Deployment>,
+        access: Option<HandoffAccess>,
+        want: [HandoffState; 2],
+        /// Words the controller release's message holds.
+        says: &'static str,
+        events: &'static [&'static str],
+        looks_again: bool,
+    }
+    let cases = [
+        Case {
+            what: "at Succeeded: the controller runs as the gateway's account, which holds all",
+            stored: [Ready, Waiting],
+            controller: Some(controller("kong-controller", GATEWAY, true)),
+            access: access(GATEWAY, false, None),
+            want: [Ready, Waiting],
+            says: "still runs as the gateway's ServiceAccount kong-kong: run `helm install kong-controller",
+            events: &[],
+            looks_again: true,
+        },
+        Case {
+            what: "the gateway release upgraded first: the gateway's account lost KIC's permissions",
+            stored: [Ready, Waiting],
+            controller: Some(controller("kong-controller", GATEWAY, true)),
+            access: access(GATEWAY, true, None),
+            want: [Ready, Waiting],
+            says: "lacks list secrets (cluster-wide) that KIC needs: its bindings are gone, as when the gateway release kong is upgraded before the controller release kong-controller is installed",
+            events: &["HandoffPermissionMissing"],
+            looks_again: true,
+        },
+        Case {
+            what: "its own account, but not the release's Deployment",
+            stored: [Ready, Waiting],
+            controller: Some(controller("someone-else", OWN, true)),
+            access: access(OWN, false, Some((GATEWAY, true))),
+            want: [Ready, Waiting],
+            says: "is not release kong-controller's",
+            events: &[],
+            looks_again: true,
+        },
+        Case {
+            what: "the release's, rolling onto its own account",
+            stored: [Ready, Waiting],
+            controller: Some(controller("kong-controller", OWN, false)),
+            access: access(OWN, false, Some((GATEWAY, true))),
+            want: [Ready, Waiting],
+            says: "waiting for the rollout",
+            events: &[],
+            looks_again: true,
+        },
+        Case {
+            what: "the release's own account, not asked about yet",
+            stored: [Ready, Waiting],
+            controller: Some(controller("kong-controller", OWN, true)),
+            access: None,
+            want: [Ready, Waiting],
+            says: "being checked",
+            events: &[],
+            looks_again: true,
+        },
+        Case {
+            what: "answers about another account (stale) prove nothing",
+            stored: [Ready, Waiting],
+            controller: Some(controller("kong-controller", OWN, true)),
+            access: access(GATEWAY, false, None),
+            want: [Ready, Waiting],
+            says: "being checked",
+            events: &[],
+            looks_again: true,
+        },
+        Case {
+            what: "the release's own account lacks a permission (RBAC not installed)",
+            stored: [Ready, Waiting],
+            controller: Some(controller("kong-controller", OWN, true)),
+            access: access(OWN, true, Some((GATEWAY, true))),
+            want: [Ready, Waiting],
+            says: "ServiceAccount kong-controller-kong, which lacks list secrets (cluster-wide) that KIC needs: release kong-controller's ClusterRole and Role grant it",
+            events: &["HandoffPermissionMissing"],
+            looks_again: true,
+        },
+        Case {
+            what: "controller release installed: the gateway upgrade is next",
+            stored: [Ready, Waiting],
+            controller: Some(controller("kong-controller", OWN, true)),
+            access: access(OWN, false, Some((GATEWAY, true))),
+            want: [Done, Ready],
+            says: "holds every permission KIC needs",
+            events: &["HandoffStepDone"],
+            looks_again: true,
+        },
+        Case {
+            what: "gateway release upgraded: its account holds none of KIC's permissions",
+            stored: [Done, Ready],
+            controller: Some(controller("kong-controller", OWN, true)),
+            access: access(OWN, false, Some((GATEWAY, false))),
+            want: [Done, Done],
+            says: "holds every permission KIC needs",
+            events: &["HandoffStepDone"],
+            looks_again: false,
+        },
+        Case {
+            what: "a step done is undone when its proof goes",
+            stored: [Done, Ready],
+            controller: Some(controller("kong-controller", GATEWAY, true)),
+            access: access(GATEWAY, false, None),
+            want: [Ready, Waiting],
+            says: "still runs as the gateway's ServiceAccount",
+            events: &[],
+            looks_again: true,
+        },
+        Case {
+            what: "the controller Deployment deleted",
+            stored: [Ready, Waiting],
+            controller: None,
+            access: None,
+            want: [Ready, Waiting],
+            says: "is gone",
+            events: &[],
+            looks_again: true,
+        },
+    ];
+    for c in cases {
+        let (m, proxy) = handed_off(c.stored);
+        let obs = Observed {
+            proxy: Some(proxy),
+            controller: c.controller,
+            handoff_access: c.access,
+            ..Default::default()
+        };
+        let p = plan(&m, &obs, now());
+        assert_eq!(p.status.phase, Phase::Succeeded, "{}", c.what);
+        assert!(p.actions.is_empty(), "{}: {:?}", c.what, p.actions);
+        let h = p.status.handoff.as_ref().expect("handoff");
+        let got: Vec<HandoffState> = h.releases.iter().map(|r| r.state).collect();
+        assert_eq!(got, c.want, "{}", c.what);
+        let message = h.releases[0].message.clone().unwrap_or_default();
+        assert!(message.contains(c.says), "{}: {message}", c.what);
+        let reasons: Vec<&str> = p.events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, c.events, "{}", c.what);
+        assert_eq!(
+            p.requeue_after,
+            c.looks_again.then_some(HANDOFF_RECHECK),
+            "{}",
+            c.what
+        );
+        assert_eq!(cond(&p, "Ready").status, "True", "{}", c.what);
+    }
+}
+
+#[test]
+fn a_missing_permission_is_reported_once_until_it_changes() {
+    let (m, proxy) = handed_off([HandoffState::Ready, HandoffState::Waiting]);
+    let obs = Observed {
+        proxy: Some(proxy),
+        controller: Some(controller("kong-controller", "kong-kong", true)),
+        handoff_access: access("kong-kong", true, None),
+        ..Default::default()
+    };
+    let first = plan(&m, &obs, now());
+    assert!(has_event(&first, "HandoffPermissionMissing"));
+    let note = &first.events[0].note;
+    assert!(note.contains("Run `helm install kong-controller"), "{note}");
+    let mut again = m.clone();
+    again.status = Some(first.status.clone());
+    let second = plan(&again, &obs, later(30));
+    assert!(second.events.is_empty(), "{:?}", second.events);
+    assert_eq!(second.status.handoff, first.status.handoff);
+}
+
+#[test]
+fn the_authorizer_is_asked_only_while_the_hand_off_is_unfinished() {
+    use HandoffState::*;
+    let obs = |account: &str| Observed {
+        proxy: Some(handed_off([Ready, Waiting]).1),
+        controller: Some(controller("kong-controller", account, true)),
+        ..Default::default()
+    };
+    // At Succeeded: the controller runs as the gateway's account, asked once.
+    let (m, _) = handed_off([Ready, Waiting]);
+    assert!(handoff_pending(&m));
+    let check = access_check(&m, &obs("kong-kong")).expect("asked");
+    assert_eq!(check.controller_account, "kong-kong");
+    assert_eq!(check.gateway_account, None);
+    assert_eq!(check.namespace, NS);
+    assert_eq!(check.permissions, crate::kic_rbac::needed(Some("2.52.0")));
+    // On its own account: the gateway's is asked about too.
+    let check = access_check(&m, &obs("kong-controller-kong")).expect("asked");
+    assert_eq!(check.gateway_account.as_deref(), Some("kong-kong"));
+    // Done, rolled back, being deleted, without a hand-off: nothing asked,
+    // nothing to wake it.
+    let (done, _) = handed_off([Done, Done]);
+    let mut rollback = m.clone();
+    rollback.spec.rollback = true;
+    let mut deleting = m.clone();
+    deleting.metadata.deletion_timestamp = Some(Time(now()));
+    let mut none = m.clone();
+    if let Some(s) = none.status.as_mut() {
+        s.handoff = None;
+    }
+    for (what, m) in [
+        ("done", done),
+        ("rollback", rollback),
+        ("deleting", deleting),
+        ("no hand-off", none),
+    ] {
+        assert!(!handoff_pending(&m), "{what}");
+        assert_eq!(access_check(&m, &obs("kong-kong")), None, "{what}");
+    }
+}
