@@ -143,6 +143,7 @@ pub fn controller_objects(
             template: k8s_openapi::api::core::v1::PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
+                    annotations: pod_annotations(proxy),
                     ..Default::default()
                 }),
                 spec: Some(pod_spec),
@@ -183,6 +184,29 @@ pub fn controller_objects(
 }
 
 type Labels = BTreeMap<String, String>;
+
+/// The gateway pod's annotations, which the chart renders on the controller
+/// release's pods too (`podAnnotations`, and its mesh annotations: Kuma's
+/// gateway mode and service-account token volume, Istio's inbound ports):
+/// a meshed controller needs them from its first pod, and Helm's adoption
+/// then changes nothing but what follows the new ServiceAccount. The token
+/// volume's name follows the ServiceAccount the pod runs as, which is still
+/// the gateway's. Not the operator's own annotations.
+fn pod_annotations(proxy: &Deployment) -> Option<BTreeMap<String, String>> {
+    let annotations = proxy
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .clone()?;
+    let carried: BTreeMap<String, String> = annotations
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(&format!("{GROUP}/")))
+        .collect();
+    (!carried.is_empty()).then_some(carried)
+}
 
 /// The controller as the kong chart renders `controller.release` — metadata
 /// with Helm's ownership for that release, the chart's selector (immutable,

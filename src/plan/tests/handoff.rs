@@ -160,8 +160,16 @@ fn the_controller_is_named_and_selected_as_the_controller_release_renders_it() {
         // Immutable: Helm could not adopt a Deployment with another selector.
         assert_eq!(got_spec.selector, want_spec.selector, "chart {version}");
         assert_eq!(
-            got_spec.template.metadata.and_then(|m| m.labels),
-            want_spec.template.metadata.and_then(|m| m.labels),
+            got_spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone()),
+            want_spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone()),
             "chart {version}: pod labels"
         );
         let labels = got.metadata.labels.clone().unwrap_or_default();
@@ -170,6 +178,28 @@ fn the_controller_is_named_and_selected_as_the_controller_release_renders_it() {
         }
         assert_eq!(helm_can_adopt(&got.metadata, "kong-controller", NS), Ok(()));
         assert!(is_ours(&got.metadata, &m));
+        // The chart's mesh annotations, but for the token volume, which
+        // follows the ServiceAccount: the gateway's until the release's own.
+        let mut want_annotations = want_spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default();
+        want_annotations.insert(
+            "kuma.io/service-account-token-volume".into(),
+            "kong-kong-token".into(),
+        );
+        assert_eq!(
+            got_spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.clone())
+                .unwrap_or_default(),
+            want_annotations,
+            "chart {version}: pod annotations"
+        );
         // The webhook certificate the sidecar mounted is still mounted, though
         // the gateway's template no longer carries the volume.
         let pod = got_spec.template.spec.expect("pod");
