@@ -125,7 +125,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some((_, sim)) = &local {
         let downtime = sim.downtime(ns, "kong-kong-proxy");
         println!(
-            "downtime of Service kong-kong-proxy (time with no Ready endpoint): {} ms",
+            "downtime of Service kong-kong-proxy (time with no endpoint both Ready and configured): {} ms",
             downtime.as_millis()
         );
     }
