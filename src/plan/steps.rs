@@ -1,6 +1,7 @@
 //! The forward steps after validation, one method each: what each changes,
 //! and what it waits for before the next one starts.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
@@ -121,13 +122,11 @@ impl Planner<'_> {
             &proxy,
             self.spec,
         );
-        if desired != proxy {
-            actions.push(Action::ReplaceProxy(Box::new(desired)));
-        }
-        let svc = admin_service(self.scm, &proxy, self.spec.cutover == Cutover::ZeroDowntime);
-        if !service_matches(self.obs.admin_service.as_ref(), &svc) {
-            actions.push(Action::ApplyAdminService(Box::new(svc)));
-        }
+        actions.extend(self.converge_proxy_and_admin_service(
+            &proxy,
+            desired,
+            self.spec.cutover == Cutover::ZeroDowntime,
+        ));
         if actions.is_empty() {
             return Outcome::Done;
         }
@@ -406,14 +405,7 @@ impl Planner<'_> {
         // The original env values stay in their annotation: `rollback: true`
         // on a Succeeded migration restores the sidecar install from them.
         let finished = with_rollout(migrated, Rollout::Original, self.original());
-        let mut actions = Vec::new();
-        if finished != proxy {
-            actions.push(Action::ReplaceProxy(Box::new(finished)));
-        }
-        let svc = admin_service(self.scm, &proxy, false);
-        if !service_matches(self.obs.admin_service.as_ref(), &svc) {
-            actions.push(Action::ApplyAdminService(Box::new(svc)));
-        }
+        let actions = self.converge_proxy_and_admin_service(&proxy, finished, false);
         if actions.is_empty() {
             return Outcome::Done;
         }
@@ -421,5 +413,25 @@ impl Planner<'_> {
             actions,
             "no legacy pod left: restoring the rollout strategy".into(),
         )
+    }
+
+    /// The proxy Deployment replaced by `desired` and the admin Service
+    /// applied as rendered (`by_label`: selecting only the labelled new
+    /// pods), each only where the cluster differs.
+    fn converge_proxy_and_admin_service(
+        &self,
+        proxy: &Deployment,
+        desired: Deployment,
+        by_label: bool,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if desired != *proxy {
+            actions.push(Action::ReplaceProxy(Box::new(desired)));
+        }
+        let svc = admin_service(self.scm, proxy, by_label);
+        if !service_matches(self.obs.admin_service.as_ref(), &svc) {
+            actions.push(Action::ApplyAdminService(Box::new(svc)));
+        }
+        actions
     }
 }
