@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Container, Pod, Service};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -40,12 +40,13 @@ pub(super) fn container_names(containers: &[Container]) -> String {
         .join(", ")
 }
 
+/// The container's env entry `name`, literal or not.
+pub(super) fn env_var<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
+    c.env.iter().flatten().find(|e| e.name == name)
+}
+
 pub(super) fn env_value(c: &Container, name: &str) -> Option<String> {
-    c.env
-        .iter()
-        .flatten()
-        .find(|e| e.name == name)
-        .and_then(|e| e.value.clone())
+    env_var(c, name).and_then(|e| e.value.clone())
 }
 
 /// The container `name` of a Deployment's pod template.

@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use crate::api::*;
 use crate::kong;
 
-use super::facts::{container_names, env_value, legacy_pod_names};
+use super::facts::{container_names, env_value, env_var, legacy_pod_names};
 use super::{Event, Observed, Outcome, Planner, Slot, gitops_owner, is_ours, selector_labels};
 
 impl Planner<'_> {
@@ -185,11 +185,7 @@ impl Planner<'_> {
         }
         // Only a literal value (or none at all) tells; one read from a
         // ConfigMap or Secret is left unsaid rather than guessed.
-        let db_env = proxy_c
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == kong::ENV_DATABASE);
+        let db_env = env_var(proxy_c, kong::ENV_DATABASE);
         let from_elsewhere = proxy_c.env_from.as_ref().is_some_and(|f| !f.is_empty());
         self.status.database = match db_env {
             Some(e) if e.value_from.is_some() => None,
@@ -458,8 +454,7 @@ fn admin_certificate_problem(
 ) -> Option<String> {
     let skip = kong::ENV_CONTROLLER_ADMIN_TLS_SKIP_VERIFY;
     let svc = spec.admin_service_name();
-    let setting = sidecar.env.iter().flatten().find(|e| e.name == skip);
-    match setting {
+    match env_var(sidecar, skip) {
         Some(e) if e.value_from.is_some() => {
             warnings.push(format!(
                 "the {} container sets {skip} through valueFrom: unless it is true, the new controller verifies each gateway's Admin API certificate, which must then name pod.{svc}.<namespace>.svc (KIC 3.5 or newer)",
@@ -470,11 +465,7 @@ fn admin_certificate_problem(
         Some(e) if e.value.as_deref().is_some_and(kong::parses_true) => return None,
         _ => {}
     }
-    let own_certificate = proxy
-        .env
-        .iter()
-        .flatten()
-        .any(|e| e.name == kong::ENV_ADMIN_SSL_CERT);
+    let own_certificate = env_var(proxy, kong::ENV_ADMIN_SSL_CERT).is_some();
     let names_pods = kic.is_none_or(|v| v >= kong::MIN_KIC_ADMIN_SNI);
     if names_pods && own_certificate {
         warnings.push(format!(
