@@ -7,7 +7,6 @@ mod manual;
 mod observe;
 mod wakeups;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -16,8 +15,6 @@ use kube::runtime::wait::await_condition;
 use kube::{Client, ResourceExt};
 
 use crate::api::{Cutover, FIELD_MANAGER, Phase, SidecarMigration};
-use crate::metrics::Metrics;
-use crate::reconcile::{self, Context, Slots};
 use crate::testenv::{self, ControlPlane, NodeSimulator};
 use observe::Observer;
 
@@ -41,6 +38,9 @@ pub struct BenchArgs {
     /// downtime it caused until then.
     #[arg(long, default_value_t = 600)]
     pub manual_give_up_s: u64,
+    /// Replays of Kong's manual procedure (default: `--runs`).
+    #[arg(long)]
+    pub manual_runs: Option<usize>,
     /// Replay Kong's manual procedure only: for installs the operator
     /// refuses (Kong < 3.3 probed on `/status`), to measure what the manual
     /// way costs there.
@@ -51,23 +51,55 @@ pub struct BenchArgs {
     /// watches held). 0 skips it.
     #[arg(long, default_value_t = 0)]
     pub scale: usize,
-    /// Then the operator process idle (no SidecarMigration) before and after
-    /// this many unrelated pods are created. 0 skips it.
-    #[arg(long, default_value_t = 0)]
-    pub idle_pods: usize,
+    /// Then the operator process idle (no unfinished migration) as the
+    /// cluster is, and again once each of these numbers of unrelated pods
+    /// runs (comma-separated, growing: `10000,50000`). Empty skips it.
+    #[arg(long, value_delimiter = ',')]
+    pub idle_pods: Vec<usize>,
     /// Then this many pods created and deleted beside a finished migration:
     /// the reconciles and requests they cost. 0 skips it.
     #[arg(long, default_value_t = 0)]
     pub wakeup_pods: usize,
-    /// Another build of sidecar-migrator to measure beside this one where a
-    /// table compares builds (the wake-ups), for before/after in one run.
+    /// Another build of sidecar-migrator to measure beside this one, in
+    /// every table the operator's build changes, for before/after in one
+    /// run; its rows say `(baseline)`.
     #[arg(long)]
     pub baseline: Option<std::path::PathBuf>,
+    /// The RBAC the baseline runs with (default: `deploy/rbac.yaml` of the
+    /// checkout its binary was built in, `<checkout>/target/<profile>/`).
+    #[arg(long)]
+    pub baseline_rbac: Option<std::path::PathBuf>,
+    /// The cutovers the operator migrates with, as spec.cutover spells
+    /// them (default: both).
+    #[arg(long, value_delimiter = ',', value_parser = parse_cutover)]
+    pub cutover: Vec<Cutover>,
+}
+
+impl Build {
+    /// Its operator process, with its RBAC.
+    async fn start(&self, cp: &ControlPlane, client: &Client) -> anyhow::Result<OperatorProcess> {
+        apiserver::grant(cp, &self.rbac).await?;
+        OperatorProcess::start_binary(cp, client, &self.exe).await
+    }
+}
+
+fn parse_cutover(s: &str) -> Result<Cutover, String> {
+    serde_json::from_value(serde_json::json!(s)).map_err(|e| e.to_string())
+}
+
+/// A build of the operator the bench runs as a process of its own.
+struct Build {
+    exe: std::path::PathBuf,
+    /// The RBAC it runs with.
+    rbac: std::path::PathBuf,
+    /// Empty for this build, ` (baseline)` for the other: the rows' suffix.
+    suffix: &'static str,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Procedure {
-    Operator(Cutover),
+    /// The operator, with the build of the given suffix.
+    Operator(Cutover, &'static str),
     /// Kong's documented steps, by hand: see [`manual`].
     Manual,
 }
@@ -75,7 +107,7 @@ enum Procedure {
 impl std::fmt::Display for Procedure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Procedure::Operator(c) => write!(f, "operator, {c:?}"),
+            Procedure::Operator(c, build) => write!(f, "operator, {c:?}{build}"),
             Procedure::Manual => f.write_str("manual (Kong's docs)"),
         }
     }
@@ -108,52 +140,77 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let startup = Duration::from_millis(args.pod_startup_ms);
     let sim = NodeSimulator::start_with_startup(admin.clone(), None, startup).await?;
     apiserver::install_operator_identity(&cp, &admin).await?;
-    let ctx = Arc::new(Context::new(
-        reconcile::client(apiserver::operator_config(&cp).await?)?,
-        Some("bench".into()),
-        Arc::new(Metrics::default()),
-        Slots::new(None),
-    ));
-    let operator = tokio::spawn(reconcile::run(ctx, None, || {}));
+    let mut builds = Vec::new();
+    if let Some(exe) = &args.baseline {
+        let checkout = exe.ancestors().nth(3).map(|c| c.join("deploy/rbac.yaml"));
+        let rbac = args
+            .baseline_rbac
+            .clone()
+            .or(checkout.filter(|r| r.exists()))
+            .context("the baseline's RBAC: give --baseline-rbac")?;
+        builds.push(Build {
+            exe: exe.clone(),
+            rbac,
+            suffix: " (baseline)",
+        });
+    }
+    builds.push(Build {
+        exe: std::env::current_exe()?,
+        rbac: apiserver::RBAC.into(),
+        suffix: "",
+    });
+    let cutovers = if args.cutover.is_empty() {
+        vec![Cutover::ZeroDowntime, Cutover::DeleteLegacyPods]
+    } else {
+        args.cutover.clone()
+    };
+    let give_up = Duration::from_secs(args.manual_give_up_s);
 
     let mut rows = Vec::new();
-    let procedures = [
-        Procedure::Operator(Cutover::ZeroDowntime),
-        Procedure::Operator(Cutover::DeleteLegacyPods),
-        Procedure::Manual,
-    ];
-    let procedures = procedures
-        .into_iter()
-        .filter(|p| !args.manual_only || matches!(p, Procedure::Manual));
-    for procedure in procedures {
-        let mut samples = Vec::new();
-        for i in 0..args.runs {
-            let ns = match procedure {
-                Procedure::Operator(c) => format!("bench-{}-{i}", format!("{c:?}").to_lowercase()),
-                Procedure::Manual => format!("bench-manual-{i}"),
-            };
-            let give_up = Duration::from_secs(args.manual_give_up_s);
-            samples.push(once(&admin, &sim, &ns, &args.fixture, procedure, give_up).await?);
+    for build in builds.iter().filter(|_| !args.manual_only) {
+        let operator = build.start(&cp, &admin).await?;
+        for cutover in &cutovers {
+            let procedure = Procedure::Operator(*cutover, build.suffix);
+            let mut samples = Vec::new();
+            for i in 0..args.runs {
+                let label = if build.suffix.is_empty() { "" } else { "base-" };
+                let ns = format!("bench-{label}{}-{i}", format!("{cutover:?}").to_lowercase());
+                samples.push(once(&admin, &sim, &ns, &args.fixture, procedure, give_up).await?);
+            }
+            rows.push((procedure, samples));
         }
-        rows.push((procedure, samples));
+        operator.stop().await;
     }
-    operator.abort();
-    let scale = match args.scale {
-        0 => None,
-        n => Some(at_scale(&cp, &admin, &args.fixture, n).await?),
-    };
-    let idle = match args.idle_pods {
-        0 => None,
-        n => Some(idle(&cp, &admin, n).await?),
+    let mut samples = Vec::new();
+    for i in 0..args.manual_runs.unwrap_or(args.runs) {
+        let ns = format!("bench-manual-{i}");
+        let procedure = Procedure::Manual;
+        samples.push(once(&admin, &sim, &ns, &args.fixture, procedure, give_up).await?);
+    }
+    if !samples.is_empty() {
+        rows.push((Procedure::Manual, samples));
+    }
+
+    let mut scale = Vec::new();
+    if args.scale > 0 {
+        for build in &builds {
+            scale.push(at_scale(&cp, &admin, &args.fixture, args.scale, build).await?);
+        }
+    }
+    let idle = match args.idle_pods.is_empty() {
+        true => Vec::new(),
+        false => idle(&cp, &admin, &args.idle_pods, &builds).await?,
     };
     let mut wakeups = Vec::new();
     if args.wakeup_pods > 0 {
-        if let Some(baseline) = &args.baseline {
-            wakeups
-                .push(wakeups::measure(&cp, &admin, baseline, "baseline", args.wakeup_pods).await?);
+        for build in &builds {
+            let label = if build.suffix.is_empty() {
+                "this"
+            } else {
+                "baseline"
+            };
+            wakeups.push(wakeups::measure(&cp, &admin, build, label, args.wakeup_pods).await?);
         }
-        let this = std::env::current_exe()?;
-        wakeups.push(wakeups::measure(&cp, &admin, &this, "this", args.wakeup_pods).await?);
     }
     sim.shutdown().await;
     drop(cp);
@@ -161,24 +218,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     print_migrations(&rows);
     println!();
     print_reactions(&rows);
-    if let Some(s) = scale {
+    if !scale.is_empty() {
         println!();
         println!(
-            "| migrations at once | time to all Succeeded s | operator peak RSS MiB | operator CPU s | operator requests (per migration) | reconciles (failed) | watches held by the operator |"
+            "| migrations at once | time to all Succeeded s | operator peak RSS MiB | operator CPU s | operator requests (per migration) | reconciles (failed) | watches held by the operator (median) |"
         );
         println!("|---|---|---|---|---|---|---|");
-        println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.0} ({:.1}) | {:.0} ({:.0}) | {} |",
-            s.migrations,
-            s.elapsed.as_secs_f64(),
-            kib_to_mib(s.usage.peak_rss_kib),
-            s.usage.cpu_seconds,
-            s.requests,
-            s.requests / s.migrations as f64,
-            s.reconciles,
-            s.errors,
-            s.watches
-        );
+        for s in &scale {
+            println!(
+                "| {}{} | {:.1} | {:.1} | {:.1} | {:.0} ({:.1}) | {:.0} ({:.0}) | {} |",
+                s.migrations,
+                s.suffix,
+                s.elapsed.as_secs_f64(),
+                kib_to_mib(s.usage.peak_rss_kib),
+                s.usage.cpu_seconds,
+                s.requests,
+                s.requests / s.migrations as f64,
+                s.reconciles,
+                s.errors,
+                s.watches
+            );
+        }
     }
     if !wakeups.is_empty() {
         println!();
@@ -193,16 +253,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if let Some(i) = idle {
+    if !idle.is_empty() {
         println!();
         println!(
             "| unrelated pods | operator RSS idle MiB | peak RSS MiB | CPU s while idle 10 s | operator requests while idle 10 s |"
         );
         println!("|---|---|---|---|---|");
-        for m in [i.before, i.after] {
+        for m in &idle {
             println!(
-                "| {} | {:.1} | {:.1} | {:.2} | {:.0} |",
+                "| {}{} | {:.1} | {:.1} | {:.2} | {:.0} |",
                 m.pods,
+                m.suffix,
                 kib_to_mib(m.rss_kib),
                 kib_to_mib(m.peak_rss_kib),
                 m.cpu_seconds,
@@ -276,7 +337,7 @@ async fn once(
     let operator_before = apiserver::operator_requests(client).await?;
     let t0 = Instant::now();
     let (reactions, replay) = match procedure {
-        Procedure::Operator(cutover) => {
+        Procedure::Operator(cutover, _) => {
             let reactions = tokio::spawn(reactions(seen, cutover));
             migrate(client, ns, cutover).await?;
             let reactions = tokio::time::timeout(Duration::from_secs(15), reactions)
@@ -292,7 +353,7 @@ async fn once(
     let to_done = t0.elapsed();
     let requests_all = apiserver::all_requests(client).await? - all_before;
     let requests_operator = match procedure {
-        Procedure::Operator(_) => {
+        Procedure::Operator(..) => {
             Some(apiserver::operator_requests(client).await? - operator_before)
         }
         Procedure::Manual => None,
@@ -341,7 +402,7 @@ fn print_reactions(rows: &[(Procedure, Vec<Sample>)]) {
     );
     println!("|---|---|---|---|---|---|");
     for (procedure, samples) in rows {
-        let Procedure::Operator(cutover) = procedure else {
+        let Procedure::Operator(cutover, build) = procedure else {
             continue;
         };
         for (i, name) in REACTIONS.iter().enumerate() {
@@ -351,7 +412,7 @@ fn print_reactions(rows: &[(Procedure, Vec<Sample>)]) {
                 .map(|d| d.as_secs_f64() * 1000.0);
             if let Some(v) = summarize(ms) {
                 println!(
-                    "| {name} | {cutover:?} | {:.0} | {:.0} | {:.0} | {} |",
+                    "| {name} | {cutover:?}{build} | {:.0} | {:.0} | {:.0} | {} |",
                     v.median, v.p99, v.max, v.n
                 );
             }
@@ -462,6 +523,8 @@ struct Usage {
 
 struct Scale {
     migrations: usize,
+    /// The build's row suffix.
+    suffix: &'static str,
     elapsed: Duration,
     usage: Usage,
     requests: f64,
@@ -482,15 +545,10 @@ struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// Starts the process and returns once it is settled: /readyz answers,
-    /// its watches are open (they start after their initial lists: 10,000
-    /// pods are 20 pages) and it has made no request for QUIET (it reconciles
-    /// every migration it finds once at start-up).
-    async fn start(cp: &ControlPlane, client: &Client) -> anyhow::Result<OperatorProcess> {
-        Self::start_binary(cp, client, &std::env::current_exe()?).await
-    }
-
-    /// [`OperatorProcess::start`] with another build of the operator.
+    /// Starts a build of the operator and returns once it is settled:
+    /// /readyz answers, its SidecarMigration watch is open and it has made no
+    /// request for QUIET (it reconciles every migration it finds once at
+    /// start-up).
     async fn start_binary(
         cp: &ControlPlane,
         client: &Client,
@@ -601,9 +659,15 @@ async fn at_scale(
     client: &Client,
     fixture: &str,
     n: usize,
+    build: &Build,
 ) -> anyhow::Result<Scale> {
     use futures::{StreamExt, TryStreamExt};
-    let namespaces: Vec<String> = (0..n).map(|i| format!("scale-{i}")).collect();
+    let prefix = if build.suffix.is_empty() {
+        "scale-"
+    } else {
+        "scale-base-"
+    };
+    let namespaces: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
     futures::stream::iter(namespaces.clone())
         .map(|ns| async move {
             testenv::install_fixture(client, &ns, fixture, Duration::from_secs(600)).await
@@ -612,7 +676,7 @@ async fn at_scale(
         .try_collect::<Vec<()>>()
         .await?;
 
-    let operator = OperatorProcess::start(cp, client).await?;
+    let operator = build.start(cp, client).await?;
     let watches_before = operator.watches_before;
     let requests_before = apiserver::operator_requests(client).await?;
 
@@ -644,7 +708,7 @@ async fn at_scale(
         let succeeded = list
             .items
             .iter()
-            .filter(|m| m.namespace().is_some_and(|ns| ns.starts_with("scale-")))
+            .filter(|m| namespaces.contains(&m.namespace().unwrap_or_default()))
             .filter(|m| {
                 m.status
                     .as_ref()
@@ -672,6 +736,7 @@ async fn at_scale(
     operator.stop().await;
     Ok(Scale {
         migrations: n,
+        suffix: build.suffix,
         elapsed,
         usage,
         requests,
@@ -681,32 +746,40 @@ async fn at_scale(
     })
 }
 
-struct Idle {
-    before: IdleSample,
-    after: IdleSample,
-}
-
 struct IdleSample {
     pods: usize,
+    /// The build's row suffix.
+    suffix: &'static str,
     rss_kib: u64,
     peak_rss_kib: u64,
     cpu_seconds: f64,
     requests: f64,
 }
 
-/// The operator process with nothing to do: once as the cluster is, once
-/// after `n` unrelated pods (100 per namespace) have been created and run.
-async fn idle(cp: &ControlPlane, client: &Client, n: usize) -> anyhow::Result<Idle> {
-    let before = idle_sample(cp, client, 0).await?;
-    create_unrelated_pods(client, n).await?;
-    let after = idle_sample(cp, client, n).await?;
-    Ok(Idle { before, after })
+/// The operator process with nothing to do: once as the cluster is, then
+/// after unrelated pods (100 per namespace) have been created and run, up to
+/// each number of `pods`; each build at each size.
+async fn idle(
+    cp: &ControlPlane,
+    client: &Client,
+    pods: &[usize],
+    builds: &[Build],
+) -> anyhow::Result<Vec<IdleSample>> {
+    let mut samples = Vec::new();
+    let mut created = 0;
+    for n in std::iter::once(0).chain(pods.iter().copied()) {
+        create_unrelated_pods(client, created, n).await?;
+        created = created.max(n);
+        for build in builds {
+            samples.push(idle_sample(cp, client, created, build).await?);
+        }
+    }
+    Ok(samples)
 }
 
-/// The watches the operator holds: SidecarMigrations, and Deployments, Pods,
-/// Services and EndpointSlices to wake it (Services and EndpointSlices twice:
-/// its own label, and the label of objects handed over to Helm).
-const OPERATOR_WATCHES: f64 = 7.0;
+/// The watches an idle operator holds: SidecarMigrations. Those of what a
+/// migration reads open with an unfinished migration (src/reconcile/cache.rs).
+const OPERATOR_WATCHES: f64 = 1.0;
 
 /// How long the idle operator is watched.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
@@ -715,8 +788,9 @@ async fn idle_sample(
     cp: &ControlPlane,
     client: &Client,
     pods: usize,
+    build: &Build,
 ) -> anyhow::Result<IdleSample> {
-    let operator = OperatorProcess::start(cp, client).await?;
+    let operator = build.start(cp, client).await?;
     let start = operator.usage()?;
     let requests_before = apiserver::operator_requests(client).await?;
     // Measuring over a window is the point here, not a wait for a state.
@@ -726,6 +800,7 @@ async fn idle_sample(
     operator.stop().await;
     Ok(IdleSample {
         pods,
+        suffix: build.suffix,
         rss_kib: end.rss_kib,
         peak_rss_kib: end.peak_rss_kib,
         cpu_seconds: end.cpu_seconds - start.cpu_seconds,
@@ -735,12 +810,15 @@ async fn idle_sample(
 
 /// `n` pods of an ordinary web app, 100 to a namespace, Running and Ready
 /// on the simulated node.
-async fn create_unrelated_pods(client: &Client, n: usize) -> anyhow::Result<()> {
+async fn create_unrelated_pods(client: &Client, from: usize, n: usize) -> anyhow::Result<()> {
     use futures::{StreamExt, TryStreamExt};
     use k8s_openapi::api::core::v1::{Namespace, Pod};
     const PER_NAMESPACE: usize = 100;
+    if n <= from {
+        return Ok(());
+    }
     let namespaces = n.div_ceil(PER_NAMESPACE);
-    for i in 0..namespaces {
+    for i in from.div_ceil(PER_NAMESPACE)..namespaces {
         let ns: Namespace = serde_json::from_value(
             serde_json::json!({ "metadata": { "name": format!("idle-{i}") } }),
         )?;
@@ -748,7 +826,7 @@ async fn create_unrelated_pods(client: &Client, n: usize) -> anyhow::Result<()> 
             .create(&PostParams::default(), &ns)
             .await?;
     }
-    futures::stream::iter(0..n)
+    futures::stream::iter(from..n)
         .map(|i| async move {
             let ns = format!("idle-{}", i / PER_NAMESPACE);
             let pod: Pod = serde_json::from_value(unrelated_pod(i))?;

@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use sidecar_migrator::{api, operator, reconcile};
+use sidecar_migrator::{api, operator};
 
 #[derive(Parser)]
 #[command(
@@ -152,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
                 max_concurrent_migrations: args.max_concurrent_migrations,
                 allowed_controller_images: args.allowed_controller_images,
             };
-            operator::run(reconcile::client(kube::Config::infer().await?)?, opts).await?;
+            operator::run(kube::Config::infer().await?, opts).await?;
         }
     }
     Ok(())

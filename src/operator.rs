@@ -38,14 +38,28 @@ pub struct Probes {
     ready: AtomicBool,
 }
 
-pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
+pub async fn run(config: kube::Config, opts: Options) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.http).await?;
-    serve_and_run(client, opts, listener).await
+    // Watches hold a connection each for minutes (kube-client speaks
+    // HTTP/1.1): with a pool of their own, a watch that (re)starts never
+    // takes the idle connection the next write would reuse, and the write
+    // never waits for a new TLS handshake.
+    let watches = reconcile::client(config.clone())?;
+    serve_and_run_with(reconcile::client(config)?, watches, opts, listener).await
 }
 
-/// [`run`] on a listener already bound (tests bind port 0).
+/// [`run`] on a listener already bound (tests bind port 0), with one client.
 pub async fn serve_and_run(
     client: Client,
+    opts: Options,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    serve_and_run_with(client.clone(), client, opts, listener).await
+}
+
+async fn serve_and_run_with(
+    client: Client,
+    watches: Client,
     opts: Options,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
@@ -62,7 +76,8 @@ pub async fn serve_and_run(
         )
         .with_policy(crate::plan::Policy {
             allowed_controller_images: opts.allowed_controller_images.clone(),
-        }),
+        })
+        .with_watch_client(watches),
     );
 
     let Some((lease_ns, lease_name)) = opts.lease.clone() else {

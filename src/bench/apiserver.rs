@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::flowcontrol::v1::FlowSchema;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::Kubeconfig;
-use kube::{Client, Config};
 
 use crate::testenv::ControlPlane;
 
@@ -27,6 +27,9 @@ fn operator_user() -> String {
     format!("system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}")
 }
 
+/// This build's RBAC for the operator.
+pub const RBAC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml");
+
 /// Installs deploy/'s namespace and RBAC and the operator's FlowSchema, and
 /// waits until kube-apiserver classifies requests by it.
 pub async fn install_operator_identity(cp: &ControlPlane, client: &Client) -> anyhow::Result<()> {
@@ -34,11 +37,14 @@ pub async fn install_operator_identity(cp: &ControlPlane, client: &Client) -> an
     let status = tokio::process::Command::from(cp.kubectl())
         .args(["apply", "--server-side", "-n", NAMESPACE])
         .args(["-f", &format!("{deploy}/namespace.yaml")])
-        .args(["-f", &format!("{deploy}/rbac.yaml")])
         .stdout(std::process::Stdio::null())
         .status()
         .await?;
-    anyhow::ensure!(status.success(), "kubectl apply of deploy/rbac.yaml failed");
+    anyhow::ensure!(
+        status.success(),
+        "kubectl apply of deploy/namespace.yaml failed"
+    );
+    grant(cp, std::path::Path::new(RBAC)).await?;
 
     let schema: FlowSchema = serde_json::from_value(serde_json::json!({
         "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
@@ -89,11 +95,28 @@ pub async fn install_operator_identity(cp: &ControlPlane, client: &Client) -> an
     Ok(())
 }
 
-/// The control plane's client config, acting as the operator's ServiceAccount.
-pub async fn operator_config(cp: &ControlPlane) -> anyhow::Result<Config> {
-    let mut config = cp.config().await?;
-    config.auth_info.impersonate = Some(operator_user());
-    Ok(config)
+/// Gives the operator's ServiceAccount the RBAC of a build (each build
+/// asks for the verbs it uses; a baseline may need others).
+pub async fn grant(cp: &ControlPlane, rbac: &std::path::Path) -> anyhow::Result<()> {
+    let status = tokio::process::Command::from(cp.kubectl())
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-n",
+            NAMESPACE,
+        ])
+        .arg("-f")
+        .arg(rbac)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await?;
+    anyhow::ensure!(
+        status.success(),
+        "kubectl apply of {} failed",
+        rbac.display()
+    );
+    Ok(())
 }
 
 /// A kubeconfig file for the operator process: the control plane's, acting

@@ -2,7 +2,6 @@
 //! reconciles and requests that pods created and deleted in its namespace
 //! cause, for this build and, to compare, another one.
 
-use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -12,7 +11,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use crate::api::SidecarMigration;
 use crate::testenv::{self, ControlPlane};
 
-use super::{OperatorProcess, apiserver, unrelated_pod};
+use super::{Build, apiserver, unrelated_pod};
 
 pub(super) struct Wakeups {
     pub build: String,
@@ -22,17 +21,17 @@ pub(super) struct Wakeups {
 }
 
 /// A Succeeded SidecarMigration in a namespace of its own; `pods` pods are
-/// created there, run, and are deleted, with the operator process (`exe`)
+/// created there, run, and are deleted, with the operator process (`build`)
 /// watching. Counted from when the operator has settled until it settles
 /// again.
 pub(super) async fn measure(
     cp: &ControlPlane,
     client: &Client,
-    exe: &Path,
-    build: &str,
+    build: &Build,
+    label: &str,
     pods: usize,
 ) -> anyhow::Result<Wakeups> {
-    let ns = format!("wakeups-{build}");
+    let ns = format!("wakeups-{label}");
     let namespace: Namespace =
         serde_json::from_value(serde_json::json!({ "metadata": { "name": ns } }))?;
     Api::<Namespace>::all(client.clone())
@@ -40,13 +39,13 @@ pub(super) async fn measure(
         .await?;
     finished_migration(client, &ns).await?;
 
-    let operator = OperatorProcess::start_binary(cp, client, exe).await?;
+    let operator = build.start(cp, client).await?;
     let reconciles = operator.counter("sidecar_migrator_reconciles_total").await;
     let requests = apiserver::operator_requests(client).await?;
     churn(client, &ns, pods).await?;
     operator.settled(client).await?;
     let wakeups = Wakeups {
-        build: build.into(),
+        build: label.into(),
         pods,
         reconciles: operator.counter("sidecar_migrator_reconciles_total").await - reconciles,
         requests: apiserver::operator_requests(client).await? - requests,

@@ -32,9 +32,9 @@ use crate::api::*;
 
 use facts::legacy_pod_names;
 pub use facts::{
-    deployment_available, gitops_owner, has_container, helm_can_adopt, helm_release, is_ours,
-    listed_pods, owned_by, pod_ready, rollout_complete, selector_labels, sidecar_only_services,
-    template_container,
+    container_started, deployment_available, gitops_owner, has_container, helm_can_adopt,
+    helm_release, is_ours, listed_pods, owned_by, pod_ready, rollout_complete, selector_labels,
+    sidecar_only_services, template_container,
 };
 pub use handoff::handoff;
 pub use handoff_check::{
@@ -46,6 +46,7 @@ pub use render::{
     generated_secret, generated_secret_prefix, migrate_template, others_select, restore_template,
     user_secrets, with_rollout,
 };
+pub use status::progress_only;
 use steps::step_done_event;
 pub use steps::step_list;
 pub use webhook::webhook_service_name;
@@ -251,6 +252,22 @@ pub fn reads_rbac_and_policies(scm: &SidecarMigration) -> bool {
                 | Phase::DeletingLegacyPods
                 | Phase::Succeeded
                 | Phase::RolledBack
+        )
+}
+
+/// Whether `plan` may look at the proxy's ReplicaSets now: only Kong's
+/// order orphans the legacy ones, in DeletingLegacyPods, which a plan from
+/// any of the phases before it may reach (a step that is done hands over
+/// to the next in the same plan).
+pub fn reads_replica_sets(scm: &SidecarMigration) -> bool {
+    let phase = scm.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    scm.spec.cutover == Cutover::DeleteLegacyPods
+        && matches!(
+            phase,
+            Phase::WaitingForAdminService
+                | Phase::AwaitingApproval
+                | Phase::DeletingLegacyPods
+                | Phase::Paused
         )
 }
 

@@ -110,3 +110,23 @@ pub(super) fn condition(
         last_transition_time: since,
     }
 }
+
+/// Whether `new` differs from `old` only in what reports progress within a
+/// step (the message, and when the step last progressed): no phase, step,
+/// condition or record changes. Such a write can wait: see
+/// `reconcile::PROGRESS_INTERVAL`.
+pub fn progress_only(old: &SidecarMigrationStatus, new: &SidecarMigrationStatus) -> bool {
+    fn quiet(s: &SidecarMigrationStatus) -> SidecarMigrationStatus {
+        let mut s = s.clone();
+        s.message = None;
+        for c in &mut s.conditions {
+            c.message.clear();
+        }
+        for step in &mut s.steps {
+            step.message = None;
+            step.progressed_at = None;
+        }
+        s
+    }
+    old != new && quiet(old) == quiet(new)
+}
