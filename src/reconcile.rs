@@ -364,6 +364,16 @@ fn woken_by(store: &Store<SidecarMigration>, change: &Change) -> Vec<ObjectRef<S
     }
 }
 
+/// A finished migration whose status answers its spec, not being deleted,
+/// with no hand-off to follow: no change in the cluster can move it, and
+/// planning it would change nothing.
+fn at_rest(scm: &SidecarMigration) -> bool {
+    finished(scm)
+        && scm.metadata.deletion_timestamp.is_none()
+        && !plan::handoff_pending(scm)
+        && scm.status.as_ref().and_then(|s| s.observed_generation) == scm.metadata.generation
+}
+
 /// Whether the watches must stay open for this migration's namespace: the
 /// changes that can move it come through them.
 fn needs_watches(scm: &SidecarMigration) -> bool {
@@ -533,6 +543,18 @@ async fn reconcile_once(scm: &SidecarMigration, ctx: &Context) -> Result<Requeue
         ctx.wrote_migration(&written);
         return Ok(Requeue::await_change());
     }
+    if at_rest(scm) {
+        // Nothing to observe: opening the watches for it would cost a list
+        // of each kind, for every finished migration, at every start-up.
+        // Its slot, if it held one, is free; its namespace's watches close
+        // unless another migration there needs them.
+        ctx.slots.check(scm);
+        ctx.refresh_interest();
+        if let Some(status) = &scm.status {
+            ctx.metrics.set_phase(&key(scm), Some(status.phase));
+        }
+        return Ok(Requeue::await_change());
+    }
     let view = ctx.cache.view(&ns).await?;
     let mut observed = observe(scm, &view, ctx).await?;
     // The names the executor derives follow the release the plan uses.
@@ -542,13 +564,25 @@ async fn reconcile_once(scm: &SidecarMigration, ctx: &Context) -> Result<Requeue
     }
     observed.slot = ctx.slots.check(&scm);
     observed.policy = ctx.policy.clone();
-    let plan = plan::plan(&scm, &observed, Timestamp::now());
+    let mut plan = plan::plan(&scm, &observed, Timestamp::now());
+    if let plan::Slot::Taken { .. } = observed.slot {
+        // The slot frees when a migration elsewhere ends: nothing this
+        // migration's namespace shows.
+        plan.requeue_after = Some(
+            plan.requeue_after
+                .map_or(SLOT_RECHECK, |r| r.min(SLOT_RECHECK)),
+        );
+    }
     let result = execute(&scm, ctx, &view, &ns, plan).await;
     // Before the view lets go of the namespace: its watches stay open
     // if a migration there still needs them.
     ctx.refresh_interest();
     result
 }
+
+/// How often a migration waiting for a slot looks again (from the cache: no
+/// request).
+const SLOT_RECHECK: Duration = Duration::from_secs(2);
 
 /// How often a migration's progress within a step is written at most.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -1149,6 +1183,120 @@ mod tests {
             assert_eq!(by_deployment.contains(&name.to_string()), wakes, "{name}");
         }
         assert!(by_pod.is_empty(), "{by_pod:?}");
+    }
+
+    #[test]
+    fn a_change_wakes_the_unfinished_migrations_it_can_move() {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        let spec: SidecarMigrationSpec =
+            serde_json::from_value(json!({ "proxyDeployment": "kong-kong" })).expect("spec");
+        for (name, phase) in [
+            ("running", Phase::DeletingLegacyPods),
+            ("done", Phase::Succeeded),
+        ] {
+            let mut m = SidecarMigration::new(name, spec.clone());
+            m.metadata.namespace = Some("kong".into());
+            m.status = Some(SidecarMigrationStatus {
+                phase,
+                ..Default::default()
+            });
+            writer.apply_watcher_event(&watcher::Event::Apply(m));
+        }
+        let admin = spec.admin_service_name();
+        let rbac = rbac_name(&spec);
+        let change = |kind, ns: &str, name: &str, labels: &[(&str, &str)]| Change {
+            kind,
+            namespace: ns.into(),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let slice_label = [(kong::SERVICE_NAME_LABEL, admin.as_str())];
+        let cases = [
+            (change("Deployment", "kong", "kong-kong", &[]), true),
+            (
+                change("Deployment", "kong", &spec.controller_name(), &[]),
+                true,
+            ),
+            (change("Deployment", "kong", "web", &[]), false),
+            (change("Service", "kong", &admin, &[]), true),
+            (change("Service", "kong", "web", &[]), false),
+            (change("EndpointSlice", "kong", "a-1", &slice_label), true),
+            (change("EndpointSlice", "kong", "web-1", &[]), false),
+            (change("Role", "kong", &rbac, &[]), true),
+            (change("Role", "kong", "web", &[]), false),
+            (change("Pod", "kong", "kong-kong-1", &[]), true),
+            (change("NetworkPolicy", "kong", "any", &[]), true),
+            // A watch that was down: anything may have changed.
+            (change("Service", "kong", "", &[]), true),
+            (change("Deployment", "other", "kong-kong", &[]), false),
+        ];
+        for (c, wakes) in cases {
+            let woken: Vec<String> = woken_by(&store, &c).into_iter().map(|r| r.name).collect();
+            let want: Vec<String> = if wakes {
+                vec!["running".into()]
+            } else {
+                vec![]
+            };
+            assert_eq!(woken, want, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_finished_migration_with_nothing_to_follow_is_left_unobserved() {
+        let spec: SidecarMigrationSpec =
+            serde_json::from_value(json!({ "proxyDeployment": "kong-kong" })).expect("spec");
+        let pending = Handoff {
+            releases: vec![HandoffRelease::default()],
+            notes: Vec::new(),
+        };
+        let cases = [
+            ("succeeded", Phase::Succeeded, Some(1), false, None, true),
+            ("rolled back", Phase::RolledBack, Some(1), false, None, true),
+            ("a new spec", Phase::Succeeded, Some(0), false, None, false),
+            (
+                "being deleted",
+                Phase::Succeeded,
+                Some(1),
+                true,
+                None,
+                false,
+            ),
+            (
+                "hand-off pending",
+                Phase::Succeeded,
+                Some(1),
+                false,
+                Some(pending),
+                false,
+            ),
+            (
+                "unfinished",
+                Phase::DeletingLegacyPods,
+                Some(1),
+                false,
+                None,
+                false,
+            ),
+        ];
+        for (name, phase, observed, deleting, handoff, rests) in cases {
+            let mut m = SidecarMigration::new("m", spec.clone());
+            m.metadata.generation = Some(1);
+            if deleting {
+                m.metadata.deletion_timestamp = Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+                );
+            }
+            m.status = Some(SidecarMigrationStatus {
+                phase,
+                observed_generation: observed,
+                handoff,
+                ..Default::default()
+            });
+            assert_eq!(at_rest(&m), rests, "{name}");
+        }
     }
 
     #[test]

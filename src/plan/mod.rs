@@ -256,19 +256,13 @@ pub fn reads_rbac_and_policies(scm: &SidecarMigration) -> bool {
 }
 
 /// Whether `plan` may look at the proxy's ReplicaSets now: only Kong's
-/// order orphans the legacy ones, in DeletingLegacyPods, which a plan from
-/// any of the phases before it may reach (a step that is done hands over
-/// to the next in the same plan).
+/// order orphans the legacy ones, in DeletingLegacyPods, which a plan may
+/// reach from any earlier phase (each step that is done hands over to the
+/// next in the same plan), and rolling back restores them.
 pub fn reads_replica_sets(scm: &SidecarMigration) -> bool {
-    let phase = scm.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    let phase = scm.status.as_ref().map(|s| s.phase);
     scm.spec.cutover == Cutover::DeleteLegacyPods
-        && matches!(
-            phase,
-            Phase::WaitingForAdminService
-                | Phase::AwaitingApproval
-                | Phase::DeletingLegacyPods
-                | Phase::Paused
-        )
+        && !matches!(phase, Some(Phase::Succeeded | Phase::RolledBack))
 }
 
 pub fn plan(scm: &SidecarMigration, obs: &Observed, now: Timestamp) -> Plan {

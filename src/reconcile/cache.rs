@@ -1035,4 +1035,104 @@ mod tests {
             assert!(spec.volumes.is_none(), "{name}");
         }
     }
+
+    fn service(ns: &str, name: &str, rv: u64) -> Service {
+        let mut s = Service::default();
+        s.metadata.namespace = Some(ns.into());
+        s.metadata.name = Some(name.into());
+        s.metadata.resource_version = Some(rv.to_string());
+        s
+    }
+
+    /// Events after a namespace's list change it; those before are in the
+    /// list already; other namespaces are not kept; every event moves `seen`.
+    #[test]
+    fn a_running_watch_applies_only_what_is_newer_than_the_namespace_list() {
+        let kind: Kind<Service> = Kind::new("Service");
+        if let Ok(mut s) = kind.state.lock() {
+            s.listed.insert("kong".into(), 10);
+            s.objects
+                .entry("kong".into())
+                .or_default()
+                .insert("admin".into(), Arc::new(service("kong", "admin", 8)));
+        }
+        let mut last = String::new();
+        let none = Weak::new();
+        let cases: [(WatchEvent<Service>, Option<u64>, u64); 5] = [
+            // Older than the list: it already shows this or newer.
+            (
+                WatchEvent::Modified(service("kong", "admin", 9)),
+                Some(8),
+                9,
+            ),
+            (
+                WatchEvent::Modified(service("kong", "admin", 11)),
+                Some(11),
+                11,
+            ),
+            (
+                WatchEvent::Added(service("other", "admin", 12)),
+                Some(11),
+                12,
+            ),
+            (
+                WatchEvent::Deleted(service("kong", "admin", 7)),
+                Some(11),
+                12,
+            ),
+            (WatchEvent::Deleted(service("kong", "admin", 13)), None, 13),
+        ];
+        for (i, (event, kept, seen)) in cases.into_iter().enumerate() {
+            apply(&kind, event, &mut last, &none);
+            let got = kind
+                .get("kong", "admin")
+                .map(|s| version(s.metadata.resource_version.as_deref()));
+            assert_eq!(got, kept, "event {i}");
+            assert_eq!(kind.seen.load(Ordering::SeqCst), seen, "event {i}");
+            assert!(kind.get("other", "admin").is_none(), "event {i}");
+        }
+        assert_eq!(last, "13");
+    }
+
+    /// A namespace is ready once listed and once the watch (or the list)
+    /// has reached the operator's last write there.
+    #[test]
+    fn a_namespace_is_read_only_once_the_operators_own_write_is_in() {
+        let cases = [
+            (None, 0, 0, false, "not listed"),
+            (Some(10), 0, 0, true, "listed, nothing written"),
+            (
+                Some(10),
+                12,
+                11,
+                false,
+                "a write the watch has not delivered",
+            ),
+            (Some(10), 12, 12, true, "the write delivered"),
+            (Some(15), 12, 0, true, "listed after the write"),
+        ];
+        for (listed, written, seen, ready, name) in cases {
+            let kind: Kind<Service> = Kind::new("Service");
+            if let (Ok(mut s), Some(rv)) = (kind.state.lock(), listed) {
+                s.listed.insert("kong".into(), rv);
+            }
+            kind.wrote("kong", written);
+            kind.wrote("other", 99);
+            kind.seen.store(seen, Ordering::SeqCst);
+            assert_eq!(kind.ready("kong").ok(), Some(ready), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_pending_hand_off_keeps_the_deployment_watch_alone() {
+        let interest = Interest {
+            all: ["a".to_string()].into(),
+            deployments: ["b".to_string()].into(),
+        };
+        let ab: Namespaces = ["a".to_string(), "b".to_string()].into();
+        assert_eq!(interest.of("Deployment"), ab);
+        for kind in ["Pod", "Service", "EndpointSlice", "Role"] {
+            assert_eq!(interest.of(kind), interest.all, "{kind}");
+        }
+    }
 }
