@@ -228,6 +228,14 @@ impl<K> Kind<K> {
             .and_then(|m| m.get(name).cloned())
     }
 
+    /// An owned copy, for `plan`.
+    fn cloned(&self, ns: &str, name: &str) -> Option<K>
+    where
+        K: Clone,
+    {
+        self.get(ns, name).map(|o| o.as_ref().clone())
+    }
+
     fn wrote(&self, ns: &str, rv: u64) {
         if let Ok(mut s) = self.state.lock() {
             let w = s.written.entry(ns.to_string()).or_insert(0);
@@ -516,10 +524,7 @@ impl View {
     }
 
     pub fn deployment(&self, name: &str) -> Option<Deployment> {
-        self.target
-            .deployments
-            .get(&self.ns, name)
-            .map(|d| d.as_ref().clone())
+        self.target.deployments.cloned(&self.ns, name)
     }
 
     /// The namespace's pods, as [`trim_pod`] keeps them.
@@ -532,10 +537,7 @@ impl View {
     }
 
     pub fn service(&self, name: &str) -> Option<Service> {
-        self.target
-            .services
-            .get(&self.ns, name)
-            .map(|s| s.as_ref().clone())
+        self.target.services.cloned(&self.ns, name)
     }
 
     pub fn services(&self) -> Vec<Service> {
@@ -559,17 +561,11 @@ impl View {
     }
 
     pub fn role(&self, name: &str) -> Option<Role> {
-        self.target
-            .roles
-            .get(&self.ns, name)
-            .map(|r| r.as_ref().clone())
+        self.target.roles.cloned(&self.ns, name)
     }
 
     pub fn role_binding(&self, name: &str) -> Option<RoleBinding> {
-        self.target
-            .role_bindings
-            .get(&self.ns, name)
-            .map(|r| r.as_ref().clone())
+        self.target.role_bindings.cloned(&self.ns, name)
     }
 
     pub fn network_policies(&self) -> Vec<NetworkPolicy> {
