@@ -645,33 +645,30 @@ async fn run_kind<K: Cached>(
         loop {
             let retry = tokio::time::sleep(RETRY);
             tokio::select! {
-                event = events.next() => match event {
-                    Some(Ok(WatchEvent::Error(e))) if e.code == 410 => continue 'open,
-                    Some(Ok(WatchEvent::Error(e))) => {
-                        warn!(kind = kind.name, error = %e.message, "watch failed; resuming");
-                        tokio::time::sleep(RETRY).await;
+                event = events.next() => {
+                    // Whether to resume the watch, and after which failure.
+                    let resume_after = match event {
+                        Some(Ok(WatchEvent::Error(e))) if e.code == 410 => continue 'open,
+                        Some(Ok(WatchEvent::Error(e))) => Some(Some(e.message)),
+                        Some(Ok(event)) => {
+                            apply(&kind, event, &mut last, &cache);
+                            None
+                        }
+                        Some(Err(e)) => Some(Some(e.to_string())),
+                        // The watch's timeout: go on from where it was.
+                        None => Some(None),
+                    };
+                    if let Some(failure) = resume_after {
+                        if let Some(error) = failure {
+                            warn!(kind = kind.name, %error, "watch failed; resuming");
+                            tokio::time::sleep(RETRY).await;
+                        }
                         events = match resume(&api, &last).await {
                             Some(e) => e,
                             None => continue 'open,
                         };
                     }
-                    Some(Ok(event)) => apply(&kind, event, &mut last, &cache),
-                    Some(Err(e)) => {
-                        warn!(kind = kind.name, error = %e, "watch failed; resuming");
-                        tokio::time::sleep(RETRY).await;
-                        events = match resume(&api, &last).await {
-                            Some(e) => e,
-                            None => continue 'open,
-                        };
-                    }
-                    // The watch's timeout: go on from where it was.
-                    None => {
-                        events = match resume(&api, &last).await {
-                            Some(e) => e,
-                            None => continue 'open,
-                        };
-                    }
-                },
+                }
                 changed = interest.changed() => {
                     if changed.is_err() {
                         return;
