@@ -167,7 +167,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let give_up = Duration::from_secs(args.manual_give_up_s);
 
     let mut rows = Vec::new();
-    for build in builds.iter().filter(|_| !args.manual_only) {
+    for build in builds.iter().filter(|_| !args.manual_only && args.runs > 0) {
         let operator = build.start(&cp, &admin).await?;
         for cutover in &cutovers {
             let procedure = Procedure::Operator(*cutover, build.suffix);
@@ -838,26 +838,40 @@ async fn create_unrelated_pods(client: &Client, from: usize, n: usize) -> anyhow
         .buffer_unordered(32)
         .try_collect::<Vec<()>>()
         .await?;
-    // Wait until the simulator has them all Running.
+    // Wait until the simulator has them all Ready, from a watch: listing
+    // 50,000 pods again and again would load the API server the pods wait on.
+    use kube::runtime::watcher;
     let pods: Api<Pod> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let running = pods
-            .list(&kube::api::ListParams::default().labels("bench=unrelated"))
-            .await?
-            .items
-            .iter()
-            .filter(|p| crate::plan::pod_ready(p))
-            .count();
-        if running >= n {
-            return Ok(());
+    let config = watcher::Config::default().labels("bench=unrelated");
+    let mut ready = std::collections::HashSet::new();
+    let mut events = std::pin::pin!(watcher(pods, config));
+    let deadline = Duration::from_secs(1800);
+    let counted = tokio::time::timeout(deadline, async {
+        while let Some(event) = events.try_next().await? {
+            let mut count = |pod: &Pod| {
+                let key = (pod.namespace(), pod.name_any());
+                match crate::plan::pod_ready(pod) {
+                    true => ready.insert(key),
+                    false => ready.remove(&key),
+                };
+            };
+            match event {
+                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => count(&p),
+                watcher::Event::Delete(p) => {
+                    ready.remove(&(p.namespace(), p.name_any()));
+                }
+                watcher::Event::Init => ready.clear(),
+                watcher::Event::InitDone => {}
+            }
+            if ready.len() >= n {
+                return anyhow::Ok(());
+            }
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{running}/{n} unrelated pods Ready after 900 s"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        anyhow::bail!("the watch of unrelated pods ended")
+    })
+    .await;
+    let ready = ready.len();
+    counted.map_err(|_| anyhow::anyhow!("{ready}/{n} unrelated pods Ready after {deadline:?}"))?
 }
 
 fn unrelated_pod(i: usize) -> serde_json::Value {

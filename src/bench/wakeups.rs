@@ -62,13 +62,15 @@ async fn finished_migration(client: &Client, ns: &str) -> anyhow::Result<()> {
         "metadata": { "name": "done" },
         "spec": { "proxyDeployment": "kong-kong" },
     }))?;
-    api.create(&PostParams::default(), &scm).await?;
-    api.patch_status(
-        "done",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "status": { "phase": "Succeeded" } })),
-    )
-    .await?;
+    let created = api.create(&PostParams::default(), &scm).await?;
+    // As the operator leaves a migration it finished: its status answers
+    // its spec's generation.
+    let status = serde_json::json!({ "status": {
+        "phase": "Succeeded",
+        "observedGeneration": created.metadata.generation,
+    } });
+    api.patch_status("done", &PatchParams::default(), &Patch::Merge(status))
+        .await?;
     Ok(())
 }
 
