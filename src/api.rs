@@ -396,26 +396,26 @@ pub struct StepStatus {
 pub struct Original {
     /// The sidecar container exactly as it was (a core/v1 Container).
     #[schemars(schema_with = "preserve_unknown")]
-    pub sidecar: Value,
+    pub sidecar: JsonText,
     /// Its index among the pod's containers, so rollback restores the order.
     pub sidecar_index: u32,
     /// The proxy container's env and ports as they were (core/v1 EnvVar and
     /// ContainerPort lists): the migration rewrites KONG_ADMIN_LISTEN, drops
     /// KONG_KIC and adds the Admin API port.
     #[schemars(schema_with = "preserve_unknown_list")]
-    pub proxy_env: Value,
+    pub proxy_env: JsonText,
     #[schemars(schema_with = "preserve_unknown_list")]
-    pub proxy_ports: Value,
+    pub proxy_ports: JsonText,
     /// The proxy container's readinessProbe (a core/v1 Probe), when the
     /// migration rewrites it to wait for configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown")]
-    pub proxy_readiness_probe: Option<Value>,
+    pub proxy_readiness_probe: Option<JsonText>,
     /// The Deployment's rollout settings (apps/v1 DeploymentStrategy),
     /// minReadySeconds and progressDeadlineSeconds, held during the migration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown")]
-    pub strategy: Option<Value>,
+    pub strategy: Option<JsonText>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ready_seconds: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -425,12 +425,12 @@ pub struct Original {
     /// place, those the migration drops from the gateway's template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_list")]
-    pub volumes: Option<Value>,
+    pub volumes: Option<JsonText>,
     /// The env of each init container the migration rewrites (the chart
     /// renders the proxy's KONG_* env into `clear-stale-pid` too), by name.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     #[schemars(schema_with = "preserve_unknown")]
-    pub init_container_env: std::collections::BTreeMap<String, Value>,
+    pub init_container_env: std::collections::BTreeMap<String, JsonText>,
     /// The env lists above carry names only; their literal values are in the
     /// proxy Deployment's annotation (false: recorded by an older operator,
     /// values inline).
@@ -600,6 +600,56 @@ impl SidecarMigration {
     }
 }
 
+/// A recorded JSON value (a container, an env list) kept in memory as its
+/// compact text, and decoded into its Kubernetes type where it is used. The
+/// operator caches every SidecarMigration; as a `serde_json::Value` tree the
+/// record of one install took ~60 KiB (a map node per env var), as text ~5.
+///
+/// The text is canonical (`Value`'s: keys sorted, no spaces), so two records
+/// of the same value are equal as strings, as status comparisons need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsonText(Box<str>);
+
+impl JsonText {
+    pub fn of(value: &impl Serialize) -> JsonText {
+        JsonText::from(serde_json::to_value(value).unwrap_or_default())
+    }
+
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(&self.0)
+    }
+
+    pub fn value(&self) -> Value {
+        self.decode().unwrap_or_default()
+    }
+}
+
+impl Default for JsonText {
+    fn default() -> JsonText {
+        JsonText::from(Value::Null)
+    }
+}
+
+impl From<Value> for JsonText {
+    fn from(value: Value) -> JsonText {
+        JsonText(value.to_string().into_boxed_str())
+    }
+}
+
+impl Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.decode::<Value>()
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<JsonText, D::Error> {
+        Value::deserialize(deserializer).map(JsonText::from)
+    }
+}
+
 fn preserve_unknown(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
 }
@@ -649,6 +699,48 @@ mod tests {
         assert!(
             committed == generated,
             "crds/sidecarmigrations.yaml is stale: run `cargo run -- crd > crds/sidecarmigrations.yaml`"
+        );
+    }
+
+    /// The status comparison that decides whether to write status sees a
+    /// record built by the plan and the same record read back from the API
+    /// server (its keys in another order) as equal, and the record travels
+    /// as the JSON value itself, not as a string.
+    #[test]
+    fn a_recorded_value_reads_back_equal_whatever_its_key_order() {
+        use k8s_openapi::api::core::v1::{Container, EnvVar};
+        let container = Container {
+            name: "ingress-controller".into(),
+            image: Some("kong/kubernetes-ingress-controller:3.4".into()),
+            env: Some(vec![EnvVar {
+                name: "CONTROLLER_KONG_ADMIN_URL".into(),
+                value: Some("https://localhost:8444".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let built = Original {
+            sidecar: JsonText::of(&container),
+            ..Default::default()
+        };
+        let from_api = r#"{"sidecarIndex":0,"proxyEnv":null,"proxyPorts":null,"sidecar":
+            {"name":"ingress-controller","env":[{"value":"https://localhost:8444",
+            "name":"CONTROLLER_KONG_ADMIN_URL"}],"image":"kong/kubernetes-ingress-controller:3.4"}}"#;
+        let read: Original = serde_json::from_str(from_api).expect("a recorded Original");
+        assert_eq!(read, built);
+        assert_eq!(
+            read.sidecar.decode::<Container>().expect("a container"),
+            container
+        );
+        let written = serde_json::to_value(&built).expect("serializes");
+        assert_eq!(
+            written["sidecar"]["env"][0]["name"],
+            "CONTROLLER_KONG_ADMIN_URL"
+        );
+        assert_eq!(
+            serde_json::to_value(&read).expect("serializes"),
+            written,
+            "written back as it was read"
         );
     }
 

@@ -16,9 +16,10 @@ use kube::api::{
     Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy,
 };
 use kube::core::Selector;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Action as Requeue, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -255,9 +256,18 @@ pub async fn run(
     let client = ctx.client.clone();
     let metrics = ctx.metrics.clone();
     let migrations: Api<SidecarMigration> = scoped(&client, &namespace);
-    let controller = Controller::new(migrations, watcher::Config::default().any_semantic())
-        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
-    let store = controller.store();
+    // Nothing reads a SidecarMigration's managedFields, and with a status
+    // written by server-side apply they are its largest part: the cache
+    // keeps every migration of the cluster, finished ones too.
+    let (store, writer) = reflector::store();
+    let migrations = watcher(migrations, watcher::Config::default().any_semantic())
+        .modify(|scm: &mut SidecarMigration| scm.managed_fields_mut().clear())
+        .default_backoff();
+    let controller = Controller::for_stream(
+        reflector::reflector(writer, migrations).applied_objects(),
+        store.clone(),
+    )
+    .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
     if let Ok(mut stores) = ctx.slots.stores.lock() {
         stores.push(store.clone());
     }

@@ -511,8 +511,11 @@ async fn a_deployment_edited_mid_migration_is_reported_not_overwritten() {
     // Helm (say) puts the sidecar back, with the volumes it mounts.
     let original = m.status.and_then(|s| s.original).expect("original");
     let sidecar = original.sidecar;
-    let volumes: Vec<k8s_openapi::api::core::v1::Volume> =
-        serde_json::from_value(original.volumes.expect("recorded volumes")).expect("volumes");
+    let volumes: Vec<k8s_openapi::api::core::v1::Volume> = original
+        .volumes
+        .expect("recorded volumes")
+        .decode()
+        .expect("volumes");
     let proxy = case.deployments().get(PROXY).await.expect("proxy");
     let mut edited = proxy.clone();
     let pod = edited
@@ -521,7 +524,7 @@ async fn a_deployment_edited_mid_migration_is_reported_not_overwritten() {
         .and_then(|s| s.template.spec.as_mut())
         .expect("pod");
     pod.containers
-        .insert(0, serde_json::from_value(sidecar).expect("container"));
+        .insert(0, sidecar.decode().expect("container"));
     pod.volumes = Some(volumes);
     case.deployments()
         .replace(

@@ -207,12 +207,8 @@ pub(crate) fn stop_demanding(pod: &mut PodSpec, spec: &SidecarMigrationSpec, ori
     let recorded = original
         .volumes
         .as_ref()
-        .and_then(|v| v.as_array())
-        .is_some_and(|vs| {
-            vs.iter().any(|v| {
-                v.get("name").and_then(|n| n.as_str()) == Some(kong::ADMIN_CLIENT_CA_VOLUME)
-            })
-        });
+        .and_then(|v| v.decode::<Vec<Volume>>().ok())
+        .is_some_and(|vs| vs.iter().any(|v| v.name == kong::ADMIN_CLIENT_CA_VOLUME));
     if recorded {
         return;
     }

@@ -85,10 +85,7 @@ pub fn controller_objects(
         .collect();
     // The recorded volumes: by now the gateway's template may no longer
     // carry the sidecar-only ones (webhook certificate).
-    let recorded: Option<Vec<Volume>> = original
-        .volumes
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok());
+    let recorded: Option<Vec<Volume>> = original.volumes.as_ref().and_then(|v| v.decode().ok());
     let volumes: Vec<_> = recorded
         .unwrap_or_else(|| pod.volumes.clone().unwrap_or_default())
         .into_iter()

@@ -53,22 +53,22 @@ pub(crate) fn record_original(
         .map(|c| {
             (
                 c.name.clone(),
-                to_value(&without_values(c.clone()).env.unwrap_or_default()),
+                JsonText::of(&without_values(c.clone()).env.unwrap_or_default()),
             )
         })
         .collect();
     Some(Original {
-        volumes: pod.volumes.as_ref().map(to_value),
+        volumes: pod.volumes.as_ref().map(JsonText::of),
         init_container_env,
-        sidecar: to_value(&without_values(containers[index].clone())),
+        sidecar: JsonText::of(&without_values(containers[index].clone())),
         sidecar_index: index as u32,
-        proxy_env: to_value(&without_values(proxy_c.clone()).env.unwrap_or_default()),
+        proxy_env: JsonText::of(&without_values(proxy_c.clone()).env.unwrap_or_default()),
         env_values_on_deployment: true,
-        proxy_ports: to_value(&proxy_c.ports.clone().unwrap_or_default()),
+        proxy_ports: JsonText::of(&proxy_c.ports.clone().unwrap_or_default()),
         proxy_readiness_probe: kong::premature_readiness_path(proxy_c)
             .and(proxy_c.readiness_probe.as_ref())
-            .map(to_value),
-        strategy: dspec.strategy.as_ref().map(to_value),
+            .map(JsonText::of),
+        strategy: dspec.strategy.as_ref().map(JsonText::of),
         min_ready_seconds: dspec.min_ready_seconds,
         progress_deadline_seconds: dspec.progress_deadline_seconds,
         adopted_admin_service,
@@ -207,7 +207,9 @@ pub(crate) fn original_sidecar(
     live: &Deployment,
     spec: &SidecarMigrationSpec,
 ) -> Result<Container, String> {
-    let mut c: Container = serde_json::from_value(original.sidecar.clone())
+    let mut c: Container = original
+        .sidecar
+        .decode()
         .map_err(|_| "status.original.sidecar is not a container".to_string())?;
     let env = filled(
         c.env.take().unwrap_or_default(),
@@ -225,8 +227,7 @@ fn original_proxy_env(
     live: &Deployment,
     spec: &SidecarMigrationSpec,
 ) -> Result<Vec<EnvVar>, String> {
-    let recorded: Vec<EnvVar> =
-        serde_json::from_value(original.proxy_env.clone()).unwrap_or_default();
+    let recorded: Vec<EnvVar> = original.proxy_env.decode().unwrap_or_default();
     filled(
         recorded,
         original,
@@ -391,21 +392,20 @@ pub fn restore_template(
         .find(|c| c.name == spec.proxy_container())
     {
         let env = original_proxy_env(original, proxy, spec).unwrap_or_default();
-        let ports: Vec<ContainerPort> =
-            serde_json::from_value(original.proxy_ports.clone()).unwrap_or_default();
+        let ports: Vec<ContainerPort> = original.proxy_ports.decode().unwrap_or_default();
         c.env = (!env.is_empty()).then_some(env);
         c.ports = (!ports.is_empty()).then_some(ports);
         if let Some(probe) = original
             .proxy_readiness_probe
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok())
+            .as_ref()
+            .and_then(|v| v.decode().ok())
         {
             c.readiness_probe = Some(probe);
         }
     }
     for c in pod.init_containers.iter_mut().flatten() {
         if let Some(env) = original.init_container_env.get(&c.name) {
-            let recorded: Vec<EnvVar> = serde_json::from_value(env.clone()).unwrap_or_default();
+            let recorded: Vec<EnvVar> = env.decode().unwrap_or_default();
             let env = filled(recorded, original, proxy, Owner::Init(&c.name)).unwrap_or_default();
             c.env = (!env.is_empty()).then_some(env);
         }
@@ -430,8 +430,8 @@ pub fn restore_template(
 fn restore_sidecar_volumes(pod: &mut PodSpec, original: &Original) {
     let Some(recorded) = original
         .volumes
-        .clone()
-        .and_then(|v| serde_json::from_value::<Vec<Volume>>(v).ok())
+        .as_ref()
+        .and_then(|v| v.decode::<Vec<Volume>>().ok())
     else {
         return;
     };
@@ -461,10 +461,8 @@ pub fn with_rollout(mut d: Deployment, rollout: Rollout, original: &Original) ->
     let Some(spec) = d.spec.as_mut() else {
         return d;
     };
-    let recorded: Option<DeploymentStrategy> = original
-        .strategy
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok());
+    let recorded: Option<DeploymentStrategy> =
+        original.strategy.as_ref().and_then(|v| v.decode().ok());
     match rollout {
         Rollout::Original => {
             spec.strategy = recorded;

@@ -19,10 +19,11 @@ fn disabling_the_sidecar_records_the_original_first() {
         .original
         .as_ref()
         .expect("original recorded with the status write");
-    assert_eq!(original.sidecar["name"], "ingress-controller");
+    let sidecar = original.sidecar.value();
+    assert_eq!(sidecar["name"], "ingress-controller");
     assert_eq!(original.sidecar_index, 0);
     // A secret reference is carried as a reference, never resolved.
-    let token = original.sidecar["env"]
+    let token = sidecar["env"]
         .as_array()
         .into_iter()
         .flatten()
