@@ -602,8 +602,10 @@ impl SidecarMigration {
 
 /// A recorded JSON value (a container, an env list) kept in memory as its
 /// compact text, and decoded into its Kubernetes type where it is used. The
-/// operator caches every SidecarMigration; as a `serde_json::Value` tree the
-/// record of one install took ~60 KiB (a map node per env var), as text ~5.
+/// operator caches every SidecarMigration, finished ones too; as
+/// `serde_json::Value` trees (a map node for every env var) these records
+/// were the largest part of the cache at 40 migrations at once (a heap
+/// profile, docs/benchmarks.md).
 ///
 /// The text is canonical (`Value`'s: keys sorted, no spaces), so two records
 /// of the same value are equal as strings, as status comparisons need.
@@ -617,10 +619,6 @@ impl JsonText {
 
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
         serde_json::from_str(&self.0)
-    }
-
-    pub fn value(&self) -> Value {
-        self.decode().unwrap_or_default()
     }
 }
 

@@ -19,7 +19,7 @@ fn disabling_the_sidecar_records_the_original_first() {
         .original
         .as_ref()
         .expect("original recorded with the status write");
-    let sidecar = original.sidecar.value();
+    let sidecar: serde_json::Value = original.sidecar.decode().expect("a recorded container");
     assert_eq!(sidecar["name"], "ingress-controller");
     assert_eq!(original.sidecar_index, 0);
     // A secret reference is carried as a reference, never resolved.
