@@ -73,13 +73,18 @@ pub struct BenchArgs {
     /// them (default: both).
     #[arg(long, value_delimiter = ',', value_parser = parse_cutover)]
     pub cutover: Vec<Cutover>,
+    /// RUST_LOG of the operator processes, whose output the bench passes
+    /// on: `kube_client=debug` logs each request with its span, to see
+    /// where a slow reaction's time went.
+    #[arg(long, default_value = "error")]
+    pub operator_log: String,
 }
 
 impl Build {
     /// Its operator process, with its RBAC.
     async fn start(&self, cp: &ControlPlane, client: &Client) -> anyhow::Result<OperatorProcess> {
         apiserver::grant(cp, &self.rbac).await?;
-        OperatorProcess::start_binary(cp, client, &self.exe).await
+        OperatorProcess::start_binary(cp, client, &self.exe, &self.log).await
     }
 }
 
@@ -94,6 +99,8 @@ struct Build {
     rbac: std::path::PathBuf,
     /// Empty for this build, ` (baseline)` for the other: the rows' suffix.
     suffix: &'static str,
+    /// Its RUST_LOG.
+    log: String,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -152,12 +159,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             exe: exe.clone(),
             rbac,
             suffix: " (baseline)",
+            log: args.operator_log.clone(),
         });
     }
     builds.push(Build {
         exe: std::env::current_exe()?,
         rbac: apiserver::RBAC.into(),
         suffix: "",
+        log: args.operator_log.clone(),
     });
     let cutovers = if args.cutover.is_empty() {
         vec![Cutover::ZeroDowntime, Cutover::DeleteLegacyPods]
@@ -553,9 +562,10 @@ impl OperatorProcess {
         cp: &ControlPlane,
         client: &Client,
         exe: &std::path::Path,
+        log: &str,
     ) -> anyhow::Result<OperatorProcess> {
         let watches_before = apiserver::watches(client).await?;
-        let operator = Self::spawn(cp, watches_before, exe).await?;
+        let operator = Self::spawn(cp, watches_before, exe, log).await?;
         operator.wait_ready(Duration::from_secs(300)).await?;
         operator.settled(client).await?;
         Ok(operator)
@@ -586,6 +596,7 @@ impl OperatorProcess {
         cp: &ControlPlane,
         watches_before: f64,
         exe: &std::path::Path,
+        log: &str,
     ) -> anyhow::Result<OperatorProcess> {
         let kubeconfig = tempfile::NamedTempFile::new()?;
         apiserver::write_operator_kubeconfig(cp, kubeconfig.path())?;
@@ -593,7 +604,7 @@ impl OperatorProcess {
         let child = tokio::process::Command::new(exe)
             .args(["run", "--http-addr", &http.to_string()])
             .env("KUBECONFIG", kubeconfig.path())
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", log)
             .kill_on_drop(true)
             .spawn()?;
         let pid = child.id().context("the operator process has a pid")?;
