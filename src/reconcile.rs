@@ -390,22 +390,29 @@ fn needs_watches(scm: &SidecarMigration) -> bool {
     woken_by_cluster(scm) || scm.metadata.deletion_timestamp.is_some()
 }
 
+/// The namespaces whose objects the watches keep, for these migrations.
+fn interest<'a>(migrations: impl Iterator<Item = &'a SidecarMigration>) -> Interest {
+    let mut interest = Interest::default();
+    for m in migrations {
+        let Some(ns) = m.namespace() else { continue };
+        if needs_watches(m) {
+            interest.all.insert(ns);
+        } else if plan::handoff_pending(m) {
+            interest.deployments.insert(ns);
+        }
+    }
+    interest
+}
+
 impl Context {
     /// Tells the cache which namespaces still need its watches.
     fn refresh_interest(&self) {
         let Ok(stores) = self.slots.stores.lock() else {
             return;
         };
-        let mut interest = Interest::default();
-        for m in stores.iter().flat_map(|s| s.state()) {
-            let Some(ns) = m.namespace() else { continue };
-            if needs_watches(&m) {
-                interest.all.insert(ns);
-            } else if plan::handoff_pending(&m) {
-                interest.deployments.insert(ns);
-            }
-        }
-        self.cache.keep(interest);
+        let migrations: Vec<_> = stores.iter().flat_map(|s| s.state()).collect();
+        self.cache
+            .keep(interest(migrations.iter().map(|m| m.as_ref())));
     }
 
     /// The other migrations of a namespace, as the SidecarMigration caches
@@ -1142,6 +1149,76 @@ mod tests {
             );
         }
         assert!(!woken.contains(&"elsewhere".to_string()));
+    }
+
+    /// Which watches a migration keeps open for its namespace: every kind
+    /// while it is unfinished or being deleted, the Deployments alone while
+    /// its hand-off waits for the user's Helm releases, none once at rest.
+    #[test]
+    fn the_watches_follow_the_unfinished_migrations_and_a_pending_hand_off_keeps_deployments() {
+        let spec: SidecarMigrationSpec =
+            serde_json::from_value(json!({ "proxyDeployment": "kong-kong" })).expect("spec");
+        let handoff = |states: [HandoffState; 2]| Handoff {
+            releases: states
+                .map(|state| HandoffRelease {
+                    state,
+                    ..Default::default()
+                })
+                .into(),
+            ..Default::default()
+        };
+        let pending = Some(handoff([HandoffState::Done, HandoffState::Ready]));
+        let done = Some(handoff([HandoffState::Done, HandoffState::Done]));
+        // namespace, phase, hand-off, being deleted, watches: all / Deployments only / none
+        let cases = [
+            (
+                "running",
+                Some(Phase::DeletingLegacyPods),
+                None,
+                false,
+                "all",
+            ),
+            ("new", None, None, false, "all"),
+            ("failed", Some(Phase::Failed), None, false, "all"),
+            ("deleted", Some(Phase::Succeeded), None, true, "all"),
+            (
+                "handing-off",
+                Some(Phase::Succeeded),
+                pending.clone(),
+                false,
+                "deployments",
+            ),
+            ("handed-off", Some(Phase::Succeeded), done, false, "none"),
+            ("succeeded", Some(Phase::Succeeded), None, false, "none"),
+            ("rolled-back", Some(Phase::RolledBack), None, false, "none"),
+        ];
+        let migrations: Vec<SidecarMigration> = cases
+            .iter()
+            .map(|(ns, phase, handoff, deleted, _)| {
+                let mut m = SidecarMigration::new("kong", spec.clone());
+                m.metadata.namespace = Some(ns.to_string());
+                if *deleted {
+                    m.metadata.deletion_timestamp = Some(
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+                    );
+                }
+                m.status = phase.map(|phase| SidecarMigrationStatus {
+                    phase,
+                    handoff: handoff.clone(),
+                    ..Default::default()
+                });
+                m
+            })
+            .collect();
+        let got = interest(migrations.iter());
+        for (ns, _, _, _, want) in cases {
+            let has = match (got.all.contains(ns), got.deployments.contains(ns)) {
+                (true, _) => "all",
+                (false, true) => "deployments",
+                (false, false) => "none",
+            };
+            assert_eq!(has, want, "the migration in namespace {ns}");
+        }
     }
 
     #[test]
