@@ -457,9 +457,9 @@ impl Context {
         let Ok(w) = self.written.lock() else {
             return false;
         };
-        let version = |rv: Option<&str>| rv.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        w.get(&key(scm))
-            .is_some_and(|(rv, _)| version(scm.resource_version().as_deref()) < version(Some(rv)))
+        w.get(&key(scm)).is_some_and(|(rv, _)| {
+            cache::version(scm.resource_version().as_deref()) < cache::version(Some(rv))
+        })
     }
 }
 

@@ -268,7 +268,7 @@ impl<K> Kind<K> {
 
 /// A resourceVersion as the integer it is (see the module's note); 0 when
 /// it is not one, which no comparison then waits on.
-fn version(rv: Option<&str>) -> u64 {
+pub(crate) fn version(rv: Option<&str>) -> u64 {
     rv.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
