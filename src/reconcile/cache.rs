@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -34,6 +35,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -164,13 +166,59 @@ struct Kind<K> {
 }
 
 struct KindState<K> {
-    objects: HashMap<String, BTreeMap<String, Arc<K>>>,
+    objects: HashMap<String, BTreeMap<String, Stored<K>>>,
     /// Namespaces listed, with the resourceVersion of their list.
     listed: BTreeMap<String, u64>,
     /// Highest resourceVersion of the operator's own writes, by namespace.
     written: BTreeMap<String, u64>,
     /// An error met while listing, for a reader to report.
     error: Option<kube::Error>,
+}
+
+/// A cached object as its compact JSON, decoded for the reader who asks:
+/// a quarter of its size as a Kubernetes type (a Kong proxy Deployment is
+/// about 8 KB of JSON and 36 KB of structs, mostly `Option`s left empty),
+/// and the cache holds every object of every namespace with a migration
+/// under way. A decode costs tens of microseconds, on a reconcile's reads.
+struct Stored<K> {
+    json: Arc<str>,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for Stored<K> {
+    fn clone(&self) -> Self {
+        Stored {
+            json: self.json.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K: Serialize> Stored<K> {
+    fn encode(obj: &K) -> Option<Self> {
+        match serde_json::to_string(obj) {
+            Ok(json) => Some(Stored {
+                json: json.into(),
+                kind: PhantomData,
+            }),
+            Err(e) => {
+                warn!(error = %e, "could not encode an object for the cache");
+                None
+            }
+        }
+    }
+}
+
+impl<K: DeserializeOwned> Stored<K> {
+    fn decode(&self, kind: &str) -> Option<K> {
+        match serde_json::from_str(&self.json) {
+            Ok(obj) => Some(obj),
+            Err(e) => {
+                warn!(kind, error = %e, "could not decode a cached object");
+                None
+            }
+        }
+    }
 }
 
 trait Tracked: Send + Sync {
@@ -211,29 +259,32 @@ impl<K> Kind<K> {
         }
     }
 
-    fn all(&self, ns: &str) -> Vec<Arc<K>> {
-        self.state
+    /// The namespace's objects, decoded outside the lock.
+    fn all(&self, ns: &str) -> Vec<K>
+    where
+        K: DeserializeOwned,
+    {
+        let stored: Vec<Stored<K>> = self
+            .state
             .lock()
             .ok()
             .and_then(|s| s.objects.get(ns).map(|m| m.values().cloned().collect()))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        stored.iter().filter_map(|o| o.decode(self.name)).collect()
     }
 
-    fn get(&self, ns: &str, name: &str) -> Option<Arc<K>> {
-        self.state
+    fn get(&self, ns: &str, name: &str) -> Option<K>
+    where
+        K: DeserializeOwned,
+    {
+        let stored = self
+            .state
             .lock()
             .ok()?
             .objects
             .get(ns)
-            .and_then(|m| m.get(name).cloned())
-    }
-
-    /// An owned copy, for `plan`.
-    fn cloned(&self, ns: &str, name: &str) -> Option<K>
-    where
-        K: Clone,
-    {
-        self.get(ns, name).map(|o| o.as_ref().clone())
+            .and_then(|m| m.get(name).cloned())?;
+        stored.decode(self.name)
     }
 
     fn wrote(&self, ns: &str, rv: u64) {
@@ -276,6 +327,7 @@ trait Cached:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
     + DeserializeOwned
+    + Serialize
     + Debug
     + Send
     + Sync
@@ -286,6 +338,7 @@ impl<K> Cached for K where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
         + DeserializeOwned
+        + Serialize
         + Debug
         + Send
         + Sync
@@ -484,10 +537,6 @@ impl Drop for View {
     }
 }
 
-fn owned<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
-    v.into_iter().map(|o| o.as_ref().clone()).collect()
-}
-
 impl View {
     pub fn namespace(&self) -> &str {
         &self.ns
@@ -524,24 +573,24 @@ impl View {
     }
 
     pub fn deployment(&self, name: &str) -> Option<Deployment> {
-        self.target.deployments.cloned(&self.ns, name)
+        self.target.deployments.get(&self.ns, name)
     }
 
     /// The namespace's pods, as [`trim_pod`] keeps them.
     pub fn pods(&self) -> Vec<Pod> {
-        owned(self.target.pods.all(&self.ns))
+        self.target.pods.all(&self.ns)
     }
 
     pub fn pod_uid(&self, name: &str) -> Option<String> {
-        self.target.pods.get(&self.ns, name)?.metadata.uid.clone()
+        self.target.pods.get(&self.ns, name)?.metadata.uid
     }
 
     pub fn service(&self, name: &str) -> Option<Service> {
-        self.target.services.cloned(&self.ns, name)
+        self.target.services.get(&self.ns, name)
     }
 
     pub fn services(&self) -> Vec<Service> {
-        owned(self.target.services.all(&self.ns))
+        self.target.services.all(&self.ns)
     }
 
     /// The EndpointSlices of a Service (by the label kube-controller-manager sets).
@@ -556,20 +605,19 @@ impl View {
                     .map(String::as_str)
                     == Some(service)
             })
-            .map(|s| s.as_ref().clone())
             .collect()
     }
 
     pub fn role(&self, name: &str) -> Option<Role> {
-        self.target.roles.cloned(&self.ns, name)
+        self.target.roles.get(&self.ns, name)
     }
 
     pub fn role_binding(&self, name: &str) -> Option<RoleBinding> {
-        self.target.role_bindings.cloned(&self.ns, name)
+        self.target.role_bindings.get(&self.ns, name)
     }
 
     pub fn network_policies(&self) -> Vec<NetworkPolicy> {
-        owned(self.target.network_policies.all(&self.ns))
+        self.target.network_policies.all(&self.ns)
     }
 }
 
@@ -729,7 +777,7 @@ async fn open_streaming<K: Cached>(
         .watch(&WatchParams::streaming_lists().timeout(290), "")
         .await?
         .boxed();
-    let mut objects: HashMap<String, BTreeMap<String, Arc<K>>> = HashMap::new();
+    let mut objects: HashMap<String, BTreeMap<String, Stored<K>>> = HashMap::new();
     while let Some(event) = events.try_next().await? {
         match event {
             WatchEvent::Added(obj) | WatchEvent::Modified(obj) => {
@@ -738,11 +786,10 @@ async fn open_streaming<K: Cached>(
                     Ordering::SeqCst,
                 );
                 if let Some(ns) = obj.namespace().filter(|ns| want.contains(ns)) {
-                    let obj = trim(obj);
-                    objects
-                        .entry(ns)
-                        .or_default()
-                        .insert(obj.name_any(), Arc::new(obj));
+                    let name = obj.name_any();
+                    if let Some(stored) = keep(obj) {
+                        objects.entry(ns).or_default().insert(name, stored);
+                    }
                 }
             }
             WatchEvent::Deleted(_) => {}
@@ -803,10 +850,7 @@ async fn list_into<K: Cached>(
     let objects = list
         .items
         .into_iter()
-        .map(|o| {
-            let o = trim(o);
-            (o.name_any(), Arc::new(o))
-        })
+        .filter_map(|o| Some((o.name_any(), keep(o)?)))
         .collect();
     if let Ok(mut s) = kind.state.lock() {
         s.objects.insert(ns.to_string(), objects);
@@ -849,16 +893,25 @@ fn apply<K: Cached>(kind: &Kind<K>, event: WatchEvent<K>, last: &mut String, cac
                 labels: obj.labels().clone(),
             });
             let objects = state.objects.entry(ns).or_default();
-            if deleted {
-                objects.remove(&name);
-            } else {
-                objects.insert(name, Arc::new(trim(obj)));
-            }
+            match deleted {
+                true => objects.remove(&name),
+                false => match keep(obj) {
+                    Some(stored) => objects.insert(name, stored),
+                    None => objects.remove(&name),
+                },
+            };
         }
     }
     // After the store: a reader woken by `seen` finds the object in it.
     kind.seen.fetch_max(rv, Ordering::SeqCst);
     notify(cache, changes);
+}
+
+/// An object as the cache keeps it: trimmed, then encoded. Encoding these
+/// types cannot fail (their maps have string keys); should it, the object
+/// reads as absent and a warning says why.
+fn keep<K: Cached>(obj: K) -> Option<Stored<K>> {
+    Stored::encode(&trim(obj))
 }
 
 /// What the cache keeps of an object. Pods keep what `plan` reads of them
@@ -1029,6 +1082,40 @@ mod tests {
         }
     }
 
+    /// Every object of a kind in `tests/fixtures/sidecar-1-replica.yaml`.
+    fn fixture<K: DeserializeOwned>(kind: &str) -> Vec<K> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/sidecar-1-replica.yaml");
+        let text = std::fs::read_to_string(path).expect("fixture readable");
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&text).expect("fixture parses");
+        docs.into_iter()
+            .filter(|d| d["kind"] == kind)
+            .map(|d| serde_json::from_value(d).expect("object parses"))
+            .collect()
+    }
+
+    /// The cache keeps objects as JSON text: each must read back exactly
+    /// as `trim` left it, or a plan would be made from something else.
+    #[test]
+    fn a_cached_object_reads_back_as_it_was_kept() {
+        fn check<K: Cached + PartialEq>(objects: Vec<K>) -> usize {
+            for obj in &objects {
+                let kept = keep(obj.clone()).expect("encodes");
+                assert_eq!(kept.decode("test"), Some(trim(obj.clone())), "{obj:?}");
+            }
+            objects.len()
+        }
+        let read = [
+            check(fixture::<Deployment>("Deployment")),
+            check(fixture::<Service>("Service")),
+            check(fixture::<Role>("Role")),
+            check(fixture::<RoleBinding>("RoleBinding")),
+            check(vec![pod(&["ingress-controller", "proxy"], true, true)]),
+        ];
+        assert!(read.iter().all(|&n| n > 0), "{read:?}");
+    }
+
     fn service(ns: &str, name: &str, rv: u64) -> Service {
         let mut s = Service::default();
         s.metadata.namespace = Some(ns.into());
@@ -1044,10 +1131,10 @@ mod tests {
         let kind: Kind<Service> = Kind::new("Service");
         if let Ok(mut s) = kind.state.lock() {
             s.listed.insert("kong".into(), 10);
-            s.objects
-                .entry("kong".into())
-                .or_default()
-                .insert("admin".into(), Arc::new(service("kong", "admin", 8)));
+            s.objects.entry("kong".into()).or_default().insert(
+                "admin".into(),
+                keep(service("kong", "admin", 8)).expect("kept"),
+            );
         }
         let mut last = String::new();
         let none = Weak::new();
