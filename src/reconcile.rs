@@ -56,7 +56,12 @@ pub enum Error {
 
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Each migration's Event recorder. kube's Recorder keeps every Event it
+    /// wrote for six minutes, to count a repeat into that Event's series;
+    /// one a migration, dropped once it is finished, lets those go (at 200
+    /// migrations at once, a shared one held a quarter of the heap).
+    recorders: Mutex<HashMap<String, Recorder>>,
+    reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub slots: Slots,
     pub policy: plan::Policy,
@@ -169,7 +174,8 @@ impl Context {
             instance,
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorders: Mutex::default(),
+            reporter,
             cache: Cache::new(client.clone()),
             written: Mutex::default(),
             client,
@@ -452,6 +458,17 @@ impl Context {
         Some(plan.requeue_after.map_or(wait, |r| r.min(wait)))
     }
 
+    /// How many migrations hold an Event recorder now.
+    pub fn event_recorders(&self) -> usize {
+        self.recorders.lock().map_or(0, |r| r.len())
+    }
+
+    fn forget_events(&self, scm: &SidecarMigration) {
+        if let Ok(mut r) = self.recorders.lock() {
+            r.remove(&key(scm));
+        }
+    }
+
     /// Whether this copy predates the operator's own last write of it.
     fn stale(&self, scm: &SidecarMigration) -> bool {
         let Ok(w) = self.written.lock() else {
@@ -512,6 +529,11 @@ pub fn retry_delay(failures: u32) -> Duration {
 
 #[tracing::instrument(skip_all, fields(migration = %format!("{}/{}", scm.namespace().unwrap_or_default(), scm.name_any())))]
 pub async fn reconcile(scm: Arc<SidecarMigration>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    if finished(&scm) {
+        // What a finished migration still tells (a hand-off step done, a
+        // refusal) is said once, not repeated into a series.
+        ctx.forget_events(&scm);
+    }
     let result = reconcile_once(&scm, &ctx).await;
     if result.is_ok()
         && let Ok(mut f) = ctx.failures.lock()
@@ -1010,8 +1032,9 @@ async fn execute(
                     set_finalizers(&Api::namespaced(client.clone(), ns), scm, finalizers).await;
                 if removed.is_ok() {
                     // Without our finalizer the object goes away, and with it
-                    // its place in the per-phase gauge.
+                    // its place in the per-phase gauge and its recorder.
                     ctx.metrics.set_phase(&key(scm), None);
+                    ctx.forget_events(scm);
                 }
                 removed.map(drop)
             }
@@ -1099,7 +1122,19 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+    let key = format!(
+        "{}/{}",
+        reference.namespace.as_deref().unwrap_or_default(),
+        reference.name.as_deref().unwrap_or_default()
+    );
+    let recorder = match ctx.recorders.lock() {
+        Ok(mut r) => r
+            .entry(key)
+            .or_insert_with(|| Recorder::new(ctx.client.clone(), ctx.reporter.clone()))
+            .clone(),
+        Err(_) => Recorder::new(ctx.client.clone(), ctx.reporter.clone()),
+    };
+    if let Err(e) = recorder.publish(&event, reference).await {
         warn!(error = %e, "could not publish event");
     }
 }

@@ -811,6 +811,24 @@ async fn kubectl_apply_get_and_wait_work_as_documented() {
     assert_migrated(&case, 1).await;
 }
 
+/// kube's Recorder keeps every Event it wrote for six minutes; a finished
+/// migration's recorder is let go, so memory follows the migrations in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_migration_lets_its_event_recorder_go() {
+    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    let ctx = case.context();
+    let operator = tokio::spawn(reconcile::run(ctx.clone(), Some(case.ns.clone()), || {}));
+    case.start("kong", json!({ "proxyDeployment": PROXY }))
+        .await;
+    let done = case.wait_phase("kong", Phase::Succeeded).await;
+    case.wait_event("kong", "MigrationSucceeded").await;
+    operator.abort();
+    reconcile::reconcile(Arc::new(done), ctx.clone())
+        .await
+        .expect("the reconcile succeeds");
+    assert_eq!(ctx.event_recorders(), 0, "the finished migration's is gone");
+}
+
 /// A reconcile triggered with a copy of the migration older than the
 /// operator's last write of it (its watch event not in yet, as a cache can
 /// lag) plans nothing from it: it repeats no transition, no Event, no write.
