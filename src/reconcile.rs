@@ -246,6 +246,13 @@ impl Error {
 /// memory that peak takes stays with the process.
 const RECONCILE_CONCURRENCY: u16 = 8;
 
+/// SidecarMigrations listed a page at a time, at start-up and on a relist.
+/// Each carries its rollback record (10-20 KB of JSON); kube's default page
+/// of 500 held about 10 MB of response and its decoded objects at once, and
+/// the process kept that peak. Paging needs the list's default semantic
+/// (resourceVersion unset): the API server ignores a limit on "any" (`0`).
+const MIGRATIONS_PAGE: u32 = 50;
+
 /// How often the readiness probe's watcher asks whether the cache has synced.
 const SYNC_POLL: Duration = Duration::from_millis(200);
 
@@ -266,9 +273,12 @@ pub async fn run(
     // written by server-side apply they are its largest part: the cache
     // keeps every migration of the cluster, finished ones too.
     let (store, writer) = reflector::store();
-    let migrations = watcher(migrations, watcher::Config::default().any_semantic())
-        .modify(|scm: &mut SidecarMigration| scm.managed_fields_mut().clear())
-        .default_backoff();
+    let migrations = watcher(
+        migrations,
+        watcher::Config::default().page_size(MIGRATIONS_PAGE),
+    )
+    .modify(|scm: &mut SidecarMigration| scm.managed_fields_mut().clear())
+    .default_backoff();
     let controller = Controller::for_stream(
         reflector::reflector(writer, migrations).applied_objects(),
         store.clone(),
