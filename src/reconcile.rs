@@ -559,15 +559,7 @@ pub async fn reconcile(scm: Arc<SidecarMigration>, ctx: Arc<Context>) -> Result<
             Error::Action { phase, .. } => *phase,
             _ => scm.status.as_ref().map(|s| s.phase).unwrap_or_default(),
         };
-        publish(
-            &ctx,
-            &scm.object_ref(&()),
-            phase.as_str(),
-            true,
-            "ApiRefused",
-            note,
-        )
-        .await;
+        publish(&ctx, &scm, phase.as_str(), true, "ApiRefused", note).await;
     }
     result
 }
@@ -834,19 +826,10 @@ async fn execute(
         ctx.metrics
             .status_written(&key, scm.status.as_ref(), &plan.status);
     }
-    let reference = scm.object_ref(&());
     for ev in &plan.events {
         info!(reason = %ev.reason, "{}", ev.note);
         let phase = plan.status.phase.as_str();
-        publish(
-            ctx,
-            &reference,
-            phase,
-            ev.warning,
-            &ev.reason,
-            ev.note.clone(),
-        )
-        .await;
+        publish(ctx, scm, phase, ev.warning, &ev.reason, ev.note.clone()).await;
     }
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -1011,7 +994,7 @@ async fn execute(
                     ctx.metrics.evicted();
                     publish(
                         ctx,
-                        &reference,
+                        scm,
                         Phase::DeletingLegacyPods.as_str(),
                         false,
                         "LegacyPodEvicted",
@@ -1026,7 +1009,7 @@ async fn execute(
                         e.message
                     );
                     let phase = Phase::DeletingLegacyPods.as_str();
-                    publish(ctx, &reference, phase, true, "EvictionBlocked", note).await;
+                    publish(ctx, scm, phase, true, "EvictionBlocked", note).await;
                     return Ok(Requeue::requeue(Duration::from_secs(5)));
                 }
                 Err(e) => Err(e),
@@ -1115,7 +1098,7 @@ fn ignore_missing(r: Result<(), kube::Error>) -> Result<(), kube::Error> {
 /// An Event about the migration; `action` is the phase it happened in.
 async fn publish(
     ctx: &Context,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    scm: &SidecarMigration,
     action: &str,
     warning: bool,
     reason: &str,
@@ -1132,19 +1115,14 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    let key = format!(
-        "{}/{}",
-        reference.namespace.as_deref().unwrap_or_default(),
-        reference.name.as_deref().unwrap_or_default()
-    );
     let recorder = match ctx.recorders.lock() {
         Ok(mut r) => r
-            .entry(key)
+            .entry(key(scm))
             .or_insert_with(|| Recorder::new(ctx.client.clone(), ctx.reporter.clone()))
             .clone(),
         Err(_) => Recorder::new(ctx.client.clone(), ctx.reporter.clone()),
     };
-    if let Err(e) = recorder.publish(&event, reference).await {
+    if let Err(e) = recorder.publish(&event, &scm.object_ref(&())).await {
         warn!(error = %e, "could not publish event");
     }
 }
