@@ -19,7 +19,7 @@ use kube::client::{Body, ClientBuilder, DynBody};
 use serde_json::json;
 use sidecar_migrator::api::Phase;
 use sidecar_migrator::metrics::Metrics;
-use sidecar_migrator::reconcile::{self, Context, Slots};
+use sidecar_migrator::reconcile::{Context, Slots};
 use support::*;
 use tower::{BoxError, Layer, Service};
 
@@ -111,7 +111,7 @@ where
 
 /// One ZeroDowntime migration with the operator's requests through `faults`.
 async fn migrate_through(faults: &Faults) -> Case {
-    let case = Case::without_operator("sidecar-3-replicas-pdb.yaml").await;
+    let mut case = Case::without_operator("sidecar-3-replicas-pdb.yaml").await;
     let mut config = case.cp.config().await.expect("config");
     config.default_retry = false; // as reconcile::client
     let client = ClientBuilder::try_from(config)
@@ -124,11 +124,11 @@ async fn migrate_through(faults: &Faults) -> Case {
         Arc::new(Metrics::default()),
         Slots::new(None),
     ));
-    let operator = tokio::spawn(reconcile::run(ctx, Some(case.ns.clone()), || {}));
+    case.start_operator_with(ctx);
     case.start("kong", json!({ "proxyDeployment": PROXY }))
         .await;
     case.wait_phase("kong", Phase::Succeeded).await;
-    operator.abort();
+    case.kill_operator().await;
     case
 }
 

@@ -815,14 +815,14 @@ async fn kubectl_apply_get_and_wait_work_as_documented() {
 /// migration's recorder is let go, so memory follows the migrations in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_migration_lets_its_event_recorder_go() {
-    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    let mut case = Case::without_operator("sidecar-1-replica.yaml").await;
     let ctx = case.context();
-    let operator = tokio::spawn(reconcile::run(ctx.clone(), Some(case.ns.clone()), || {}));
+    case.start_operator_with(ctx.clone());
     case.start("kong", json!({ "proxyDeployment": PROXY }))
         .await;
     let done = case.wait_phase("kong", Phase::Succeeded).await;
     case.wait_event("kong", "MigrationSucceeded").await;
-    operator.abort();
+    case.kill_operator().await;
     reconcile::reconcile(Arc::new(done), ctx.clone())
         .await
         .expect("the reconcile succeeds");
@@ -834,9 +834,9 @@ async fn a_finished_migration_lets_its_event_recorder_go() {
 /// lag) plans nothing from it: it repeats no transition, no Event, no write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_copy_of_the_migration_repeats_no_transition() {
-    let case = Case::without_operator("sidecar-1-replica.yaml").await;
+    let mut case = Case::without_operator("sidecar-1-replica.yaml").await;
     let ctx = case.context();
-    let operator = tokio::spawn(reconcile::run(ctx.clone(), Some(case.ns.clone()), || {}));
+    case.start_operator_with(ctx.clone());
     case.start("kong", json!({ "proxyDeployment": PROXY }))
         .await;
     let early = case
@@ -882,5 +882,5 @@ async fn a_stale_copy_of_the_migration_repeats_no_transition() {
         events_before,
         "an Event was published again"
     );
-    operator.abort();
+    case.kill_operator().await;
 }

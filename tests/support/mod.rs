@@ -131,7 +131,13 @@ impl Case {
     }
 
     pub fn start_operator(&mut self) {
-        let run = reconcile::run(self.context(), Some(self.ns.clone()), || {});
+        self.start_operator_with(self.context());
+    }
+
+    /// The operator, running with `ctx` (a test's own client, or a context it
+    /// keeps to reconcile with or look into).
+    pub fn start_operator_with(&mut self, ctx: Arc<Context>) {
+        let run = reconcile::run(ctx, Some(self.ns.clone()), || {});
         self.operator = Some(tokio::spawn(run));
     }
 
