@@ -149,6 +149,39 @@ fn woken_by_deployment(scm: &SidecarMigration) -> bool {
     woken_by_cluster(scm) || plan::handoff_pending(scm)
 }
 
+/// What the cache keeps of a finished migration: what decides whether
+/// anything wakes it (its phase, observed generation and hand-off states,
+/// the controller release its Deployment names follow) and what metrics
+/// show. Its rollback record, plan, steps, conditions, warnings and the
+/// hand-off's values and commands are most of its size, and a cluster keeps finished
+/// migrations for as long as their hand-off waits or nobody deletes them;
+/// a finished migration with work left (a hand-off to check, a rollback
+/// asked for, a deletion) is read in full before it is planned
+/// (`reconcile_once`).
+fn keep_finished(scm: &mut SidecarMigration) {
+    if !finished(scm) {
+        return;
+    }
+    if let Some(status) = scm.status.as_mut() {
+        status.original = None;
+        status.plan = Vec::new();
+        status.steps = Vec::new();
+        status.conditions = Vec::new();
+        status.warnings = Vec::new();
+        status.legacy_pods = Vec::new();
+        if let Some(handoff) = status.handoff.as_mut() {
+            handoff.notes = Vec::new();
+            for r in &mut handoff.releases {
+                r.values = String::new();
+                r.command = String::new();
+                r.before = Vec::new();
+                r.after = Vec::new();
+                r.message = None;
+            }
+        }
+    }
+}
+
 fn in_flight(scm: &SidecarMigration) -> bool {
     scm.status.as_ref().is_some_and(|s| s.original.is_some()) && !finished(scm)
 }
@@ -269,15 +302,19 @@ pub async fn run(
     let client = ctx.client.clone();
     let metrics = ctx.metrics.clone();
     let migrations: Api<SidecarMigration> = scoped(&client, &namespace);
-    // Nothing reads a SidecarMigration's managedFields, and with a status
-    // written by server-side apply they are its largest part: the cache
-    // keeps every migration of the cluster, finished ones too.
+    // The cache keeps every migration of the cluster, finished ones too:
+    // nothing reads a SidecarMigration's managedFields (with a status
+    // written by server-side apply, its largest part), and a finished one
+    // keeps only what wakes it (see `keep_finished`).
     let (store, writer) = reflector::store();
     let migrations = watcher(
         migrations,
         watcher::Config::default().page_size(MIGRATIONS_PAGE),
     )
-    .modify(|scm: &mut SidecarMigration| scm.managed_fields_mut().clear())
+    .modify(|scm: &mut SidecarMigration| {
+        scm.managed_fields_mut().clear();
+        keep_finished(scm);
+    })
     .default_backoff();
     let controller = Controller::for_stream(
         reflector::reflector(writer, migrations).applied_objects(),
@@ -596,6 +633,17 @@ async fn reconcile_once(scm: &SidecarMigration, ctx: &Context) -> Result<Requeue
         }
         return Ok(Requeue::await_change());
     }
+    // The cache keeps a finished migration in part (`keep_finished`): plan
+    // from all of it, its rollback record included, or the status written
+    // back would lose what the cache left out.
+    let full;
+    let scm = if finished(scm) {
+        let name = scm.name_any();
+        full = read(|| migrations.get(&name)).await?;
+        &full
+    } else {
+        scm
+    };
     let view = ctx.cache.view(&ns).await?;
     let mut observed = observe(scm, &view, ctx).await?;
     // The names the executor derives follow the release the plan uses.
@@ -1130,6 +1178,92 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A migration with every part of its status filled in.
+    fn with_status(phase: Phase, handoff: HandoffState) -> SidecarMigration {
+        let spec: SidecarMigrationSpec =
+            serde_json::from_value(json!({ "proxyDeployment": "kong-kong" })).expect("spec");
+        let mut m = SidecarMigration::new("kong", spec);
+        m.metadata.namespace = Some("kong".into());
+        m.metadata.generation = Some(2);
+        let status = json!({
+            "phase": phase,
+            "observedGeneration": 2,
+            "controllerRelease": "kong-controller",
+            "step": "5/5",
+            "message": "migrated",
+            "original": { "sidecar": "{}", "sidecarIndex": 1, "proxyEnv": "[]", "proxyPorts": "[]" },
+            "plan": [{ "step": "DisablingSidecar", "object": "Deployment/kong-kong", "change": "remove container" }],
+            "steps": [{ "name": "Validating", "state": "Succeeded", "attempts": 1 }],
+            "conditions": [{ "type": "Ready", "status": "True", "reason": "Succeeded", "message": "",
+                             "lastTransitionTime": "2026-11-27T00:00:00Z" }],
+            "warnings": ["Service kong-kong-metrics selects the gateway pods"],
+            "legacyPods": ["kong-kong-0"],
+            "handoff": {
+                "releases": [{ "name": "kong", "namespace": "kong", "values": "admin:\n  enabled: true\n",
+                               "command": "helm upgrade kong kong/kong -f values.yaml",
+                               "before": ["kubectl annotate ingressclass kong"], "after": ["kubectl delete"],
+                               "state": handoff, "message": "run it" }],
+                "notes": ["check the values"],
+            },
+        });
+        m.status = Some(serde_json::from_value(status).expect("status"));
+        m
+    }
+
+    #[test]
+    fn the_cache_keeps_of_a_finished_migration_what_wakes_it() {
+        use HandoffState::{Done, Ready};
+        let cases = [
+            // phase, hand-off state, kept in part
+            (Phase::Succeeded, Ready, true),
+            (Phase::Succeeded, Done, true),
+            (Phase::RolledBack, Done, true),
+            (Phase::Failed, Ready, false),
+            (Phase::DeletingLegacyPods, Ready, false),
+            (Phase::RollingBack, Ready, false),
+            (Phase::Paused, Ready, false),
+        ];
+        for (phase, handoff, in_part) in cases {
+            let full = with_status(phase, handoff);
+            let mut kept = full.clone();
+            keep_finished(&mut kept);
+            let what = format!("{phase:?} with its hand-off {handoff:?}");
+            assert_eq!(kept.status != full.status, in_part, "{what}: kept in part");
+            let status = kept.status.as_ref().expect("status");
+            if in_part {
+                assert!(status.original.is_none(), "{what}: no rollback record");
+                assert!(status.plan.is_empty() && status.steps.is_empty());
+                assert!(status.conditions.is_empty() && status.warnings.is_empty());
+                let release = &status.handoff.as_ref().expect("hand-off").releases[0];
+                assert!(release.values.is_empty() && release.command.is_empty());
+            }
+            // Whatever the cache left out, the same changes wake it, the same
+            // watches stay open for it, and it is at rest or not alike.
+            assert_eq!(at_rest(&kept), at_rest(&full), "{what}: at rest");
+            assert_eq!(woken_by_cluster(&kept), woken_by_cluster(&full), "{what}");
+            assert_eq!(
+                woken_by_deployment(&kept),
+                woken_by_deployment(&full),
+                "{what}"
+            );
+            assert_eq!(
+                interest([&kept].into_iter()),
+                interest([&full].into_iter()),
+                "{what}: watches kept"
+            );
+            assert_eq!(
+                plan::with_controller_release(&kept, None)
+                    .spec
+                    .controller_name(),
+                plan::with_controller_release(&full, None)
+                    .spec
+                    .controller_name(),
+                "{what}: the controller's name"
+            );
+            assert_eq!(status.phase, phase);
+        }
+    }
 
     #[test]
     fn only_unfinished_migrations_are_woken_by_their_objects() {
