@@ -347,7 +347,7 @@ async fn once(
     let t0 = Instant::now();
     let (reactions, replay) = match procedure {
         Procedure::Operator(cutover, _) => {
-            let reactions = tokio::spawn(reactions(seen, cutover));
+            let reactions = tokio::spawn(reactions(seen, cutover, ns.to_string()));
             migrate(client, ns, cutover).await?;
             let reactions = tokio::time::timeout(Duration::from_secs(15), reactions)
                 .await
@@ -442,7 +442,7 @@ const REACTIONS: [&str; 3] = [
 /// [`REACTIONS`]' conditions hold to the moment they see the operator's
 /// answer. If the answer comes before or with the condition (the operator
 /// read it before the bench's watch brought it), the sample is 0.
-async fn reactions(mut seen: Observer, cutover: Cutover) -> [Option<Duration>; 3] {
+async fn reactions(mut seen: Observer, cutover: Cutover, ns: String) -> [Option<Duration>; 3] {
     struct Probe {
         since: Option<Instant>,
         sample: Option<Duration>,
@@ -497,7 +497,7 @@ async fn reactions(mut seen: Observer, cutover: Cutover) -> [Option<Duration>; 3
                         .is_some_and(|m| m.starts_with("no legacy pod left")),
             ),
         ];
-        for (probe, (holds, answered)) in probes.iter_mut().zip(conditions) {
+        for (i, (probe, (holds, answered))) in probes.iter_mut().zip(conditions).enumerate() {
             if probe.sample.is_some() {
                 continue;
             }
@@ -509,7 +509,10 @@ async fn reactions(mut seen: Observer, cutover: Cutover) -> [Option<Duration>; 3
                 }
             }
             if answered && let Some(since) = probe.since {
-                probe.sample = Some(since.elapsed());
+                let sample = since.elapsed();
+                // With the operator's own log, where a slow answer's time went.
+                tracing::debug!(%ns, reaction = REACTIONS[i], ms = sample.as_millis() as u64, "answered");
+                probe.sample = Some(sample);
             }
         }
         over = phase.is_at_rest();
