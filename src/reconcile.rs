@@ -153,10 +153,10 @@ fn woken_by_deployment(scm: &SidecarMigration) -> bool {
 /// anything wakes it (its phase, observed generation and hand-off states,
 /// the controller release its Deployment names follow) and what metrics
 /// show. Its rollback record, plan, steps, conditions, warnings and the
-/// hand-off's values and commands are most of its size, and a cluster keeps finished
-/// migrations for as long as their hand-off waits or nobody deletes them;
-/// a finished migration with work left (a hand-off to check, a rollback
-/// asked for, a deletion) is read in full before it is planned
+/// hand-off's values and commands are most of its size, and a cluster
+/// keeps finished migrations for as long as their hand-off waits or nobody
+/// deletes them. A finished migration with work left (a hand-off to check,
+/// a rollback asked for, a deletion) is read in full before it is planned
 /// (`reconcile_once`).
 fn keep_finished(scm: &mut SidecarMigration) {
     if !finished(scm) {
