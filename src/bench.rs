@@ -10,8 +10,9 @@ mod wakeups;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::wait::await_condition;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions::is_deleted};
 use kube::{Client, ResourceExt};
 
 use crate::api::{Cutover, FIELD_MANAGER, Phase, SidecarMigration};
@@ -367,7 +368,7 @@ async fn once(
         }
         Procedure::Manual => None,
     };
-    Ok(Sample {
+    let sample = Sample {
         downtime: sim.downtime(ns, "kong-kong-proxy"),
         unready: sim.unready_time(ns, "kong-kong-proxy"),
         to_done,
@@ -376,7 +377,37 @@ async fn once(
         reactions,
         deletes: replay.as_ref().map(|r| r.deletes),
         done: replay.is_none_or(|r| r.done),
-    })
+    };
+    remove_namespace(client, ns).await?;
+    Ok(sample)
+}
+
+/// Deletes `ns`, so that every run, of either build, starts in a cluster of
+/// about the same size: a run left behind keeps its pods running on the
+/// simulator and its objects in every watch, a cost the runs after it would
+/// pay and the runs before it would not. Waits only until the operator has
+/// let its SidecarMigrations go (their finalizer is its part); the rest
+/// terminates beside the next run, as it does for either build.
+async fn remove_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let migrations: Api<SidecarMigration> = Api::namespaced(client.clone(), ns);
+    // Deleted first and by name: the namespace controller would come to
+    // them only after a discovery pass, seconds later.
+    for m in migrations.list(&Default::default()).await?.items {
+        let Some(uid) = m.uid() else { continue };
+        migrations
+            .delete(&m.name_any(), &DeleteParams::default())
+            .await?;
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(migrations.clone(), &m.name_any(), is_deleted(&uid)),
+        )
+        .await
+        .with_context(|| format!("{ns}: the operator did not let {} go in 60 s", m.name_any()))??;
+    }
+    Api::<Namespace>::all(client.clone())
+        .delete(ns, &DeleteParams::default())
+        .await?;
+    Ok(())
 }
 
 /// Applies the example SidecarMigration with `cutover` and waits until it
@@ -826,7 +857,7 @@ async fn idle_sample(
 /// on the simulated node.
 async fn create_unrelated_pods(client: &Client, from: usize, n: usize) -> anyhow::Result<()> {
     use futures::{StreamExt, TryStreamExt};
-    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use k8s_openapi::api::core::v1::Pod;
     const PER_NAMESPACE: usize = 100;
     if n <= from {
         return Ok(());
