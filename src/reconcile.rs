@@ -72,6 +72,8 @@ pub struct Context {
     /// The resourceVersion of the operator's last write of each migration
     /// (a copy older than that is stale), and when it was made.
     written: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// When each migration's report, unwritten, was first put off.
+    put_off: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// `--max-concurrent-migrations`: the migrations in flight are the started,
@@ -211,6 +213,7 @@ impl Context {
             reporter,
             cache: Cache::new(client.clone()),
             written: Mutex::default(),
+            put_off: Mutex::default(),
             client,
             metrics,
             slots,
@@ -489,20 +492,30 @@ impl Context {
         }
     }
 
-    /// How long a plan that only reports progress within its step (nothing
-    /// to do, nothing to tell) waits before it is written: a rollout moves
-    /// its counts many times a second, and each would be a write.
-    fn progress_can_wait(&self, scm: &SidecarMigration, plan: &Plan) -> Option<Duration> {
+    /// How long this plan's status write may wait (None: write it now):
+    /// see [`plan::status_wait`]. A report is put off from the first
+    /// reconcile that meets it until it is written or no longer differs.
+    fn status_can_wait(&self, scm: &SidecarMigration, plan: &Plan) -> Option<Duration> {
         let old = scm.status.as_ref()?;
-        if !plan.actions.is_empty() || !plan.events.is_empty() {
+        let key = key(scm);
+        let since_write = self
+            .written
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&key).map(|(_, at)| at.elapsed()));
+        let mut put_off = self.put_off.lock().ok()?;
+        if *old == plan.status {
+            put_off.remove(&key);
             return None;
         }
-        if !plan::progress_only(old, &plan.status) {
-            return None;
+        let first = *put_off
+            .entry(key.clone())
+            .or_insert_with(std::time::Instant::now);
+        let wait = plan::status_wait(old, plan, first.elapsed(), since_write);
+        if wait.is_none() {
+            put_off.remove(&key);
         }
-        let since = self.written.lock().ok()?.get(&key(scm))?.1.elapsed();
-        let wait = PROGRESS_INTERVAL.checked_sub(since)?;
-        Some(plan.requeue_after.map_or(wait, |r| r.min(wait)))
+        wait
     }
 
     /// How many migrations hold an Event recorder now.
@@ -672,9 +685,6 @@ async fn reconcile_once(scm: &SidecarMigration, ctx: &Context) -> Result<Requeue
 /// How often a migration waiting for a slot looks again (from the cache: no
 /// request).
 const SLOT_RECHECK: Duration = Duration::from_secs(2);
-
-/// How often a migration's progress within a step is written at most.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How soon a reconcile that met a stale copy looks again, should the watch
 /// event it waits for not wake it first.
@@ -853,7 +863,7 @@ async fn execute(
     let client = &ctx.client;
     let cache = &ctx.cache;
     let name = scm.name_any();
-    if let Some(wait) = ctx.progress_can_wait(scm, &plan) {
+    if let Some(wait) = ctx.status_can_wait(scm, &plan) {
         return Ok(Requeue::requeue(wait));
     }
     if scm.status.as_ref() != Some(&plan.status) {

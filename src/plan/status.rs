@@ -1,6 +1,8 @@
 //! The status fields every reconcile rewrites: the step counter and the
 //! three kstatus conditions (Ready, Reconciling, Stalled).
 
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -114,7 +116,7 @@ pub(super) fn condition(
 /// Whether `new` differs from `old` only in what reports progress within a
 /// step (the message, and when the step last progressed): no phase, step,
 /// condition or record changes. Such a write can wait: see
-/// `reconcile::PROGRESS_INTERVAL`.
+/// [`PROGRESS_INTERVAL`].
 pub fn progress_only(old: &SidecarMigrationStatus, new: &SidecarMigrationStatus) -> bool {
     fn quiet(s: &SidecarMigrationStatus) -> SidecarMigrationStatus {
         let mut s = s.clone();
@@ -129,4 +131,50 @@ pub fn progress_only(old: &SidecarMigrationStatus, new: &SidecarMigrationStatus)
         s
     }
     old != new && quiet(old) == quiet(new)
+}
+
+/// Whether `new` differs from `old` only in what it reports of the cluster
+/// within a step (the pods left, counts, messages, conditions): the phase,
+/// the step and every record a rollback or a hand-off reads are the same.
+pub fn report_only(old: &SidecarMigrationStatus, new: &SidecarMigrationStatus) -> bool {
+    old != new
+        && old.phase == new.phase
+        && old.step == new.step
+        && old.original == new.original
+        && old.observed_generation == new.observed_generation
+        && old.controller_release == new.controller_release
+        && old.handoff == new.handoff
+}
+
+/// How often a migration's progress within a step is written at most.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a report with nothing to do and nothing to tell waits before it
+/// is written, from when it was first put off. The cluster often moves on
+/// within that: the last legacy pod goes, and its Deployment reports the
+/// rollout complete tens of milliseconds later. Written at once, the report
+/// would hold the reconcile that answers the second change for as long as
+/// its write takes (tens of milliseconds under a rollout's load); put off,
+/// it is folded into that answer.
+pub const REPORT_SETTLE: Duration = Duration::from_millis(200);
+
+/// How long `plan`'s status write may still wait (None: write it now), a
+/// report having been put off for `put_off` and the migration last written
+/// `since_write` ago.
+pub fn status_wait(
+    old: &SidecarMigrationStatus,
+    plan: &Plan,
+    put_off: Duration,
+    since_write: Option<Duration>,
+) -> Option<Duration> {
+    if !plan.actions.is_empty() || !plan.events.is_empty() || !report_only(old, &plan.status) {
+        return None;
+    }
+    let left = |of: Duration, gone: Duration| of.checked_sub(gone).filter(|d| !d.is_zero());
+    let settle = left(REPORT_SETTLE, put_off);
+    let progress = since_write
+        .filter(|_| progress_only(old, &plan.status))
+        .and_then(|since| left(PROGRESS_INTERVAL, since));
+    let wait = settle.max(progress)?;
+    Some(plan.requeue_after.map_or(wait, |r| r.min(wait)))
 }
