@@ -499,6 +499,40 @@ async fn an_operator_restart_mid_migration_finishes_it_once() {
     assert_eq!(case.downtime_ms(), 0);
 }
 
+/// A report with nothing to do and nothing to tell waits a moment before it
+/// is written (the answer to what the cluster does next need not queue
+/// behind it), and is written then even when nothing else changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_put_off_is_written_while_the_cluster_stays_quiet() {
+    let mut case = Case::new("sidecar-1-replica.yaml").await;
+    case.start(
+        "kong",
+        json!({ "proxyDeployment": PROXY, "approval": "Manual" }),
+    )
+    .await;
+    let m = case.wait_phase("kong", Phase::AwaitingApproval).await;
+    let legacy = m.status.map(|s| s.legacy_pods).unwrap_or_default();
+    assert_eq!(legacy.len(), 1);
+    // A report the cluster no longer matches, with the operator down: when
+    // it is back, nothing in the cluster moves while it waits for approval.
+    case.kill_operator().await;
+    case.migrations()
+        .patch_status(
+            "kong",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "legacyPods": ["gone"] } })),
+        )
+        .await
+        .expect("status");
+    case.start_operator();
+    let m = case
+        .wait_until("kong", "the legacy pod reported again", |m| {
+            m.status.as_ref().is_some_and(|s| s.legacy_pods == legacy)
+        })
+        .await;
+    assert_eq!(m.status.map(|s| s.phase), Some(Phase::AwaitingApproval));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_edited_mid_migration_is_reported_not_overwritten() {
     let case = Case::new("sidecar-1-replica.yaml").await;
