@@ -46,7 +46,7 @@ pub use render::{
     generated_secret, generated_secret_prefix, migrate_template, others_select, restore_template,
     user_secrets, with_rollout,
 };
-pub use status::{PROGRESS_INTERVAL, REPORT_SETTLE, progress_only, report_only, status_wait};
+pub use status::{PROGRESS_INTERVAL, REPORT_SETTLE, progress_only, status_wait};
 use steps::step_done_event;
 pub use steps::step_list;
 pub use webhook::webhook_service_name;
